@@ -1,0 +1,174 @@
+//! One error type for every HTTP answer that is not a success, rendered as RFC 9457 problem+json.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use super::request_id;
+use crate::store::StoreError;
+
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: &str, message: impl Into<String>) -> Self {
+        Self {
+            field: field.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("the request body is not valid JSON: {0}")]
+    MalformedJson(String),
+    #[error("one or more fields are invalid")]
+    InvalidFields(Vec<FieldError>),
+    #[error("invalid query parameter")]
+    InvalidQuery(Vec<FieldError>),
+    #[error("a user with this email already exists")]
+    EmailTaken,
+    #[error("the request body exceeds {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("the request body must be sent as application/json")]
+    UnsupportedMediaType,
+    #[error("{0}")]
+    NotFound(&'static str),
+    #[error("this method is not allowed on this resource")]
+    MethodNotAllowed,
+    #[error("the service is temporarily unavailable; retry shortly")]
+    Unavailable { retry_after_secs: u32 },
+    #[error("the request took too long to process")]
+    Timeout,
+    #[error("an unexpected error occurred")]
+    Internal(#[source] anyhow::Error),
+}
+
+#[derive(Serialize)]
+struct Problem<'a> {
+    #[serde(rename = "type")]
+    kind: String,
+    title: &'a str,
+    status: u16,
+    detail: String,
+    code: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    errors: Option<&'a [FieldError]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request_id: Option<String>,
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::MalformedJson(_)
+            | Self::InvalidFields(_)
+            | Self::InvalidQuery(_)
+            | Self::EmailTaken => StatusCode::BAD_REQUEST,
+            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Unavailable { .. } | Self::Timeout => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Stable, machine-readable identifier of the problem.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::MalformedJson(_) => "malformed_json",
+            Self::InvalidFields(_) => "invalid_field",
+            Self::InvalidQuery(_) => "invalid_query",
+            Self::EmailTaken => "email_taken",
+            Self::PayloadTooLarge { .. } => "payload_too_large",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::NotFound(_) => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::Unavailable { .. } => "service_unavailable",
+            Self::Timeout => "timeout",
+            Self::Internal(_) => "internal_error",
+        }
+    }
+
+    fn title(&self) -> &'static str {
+        match self {
+            Self::MalformedJson(_) => "Malformed JSON",
+            Self::InvalidFields(_) => "Invalid request body",
+            Self::InvalidQuery(_) => "Invalid query parameter",
+            Self::EmailTaken => "Email already registered",
+            Self::PayloadTooLarge { .. } => "Payload too large",
+            Self::UnsupportedMediaType => "Unsupported media type",
+            Self::NotFound(_) => "Not found",
+            Self::MethodNotAllowed => "Method not allowed",
+            Self::Unavailable { .. } => "Service unavailable",
+            Self::Timeout => "Request timed out",
+            Self::Internal(_) => "Internal server error",
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::EmailTaken => Self::EmailTaken,
+            StoreError::Unavailable(reason) => {
+                tracing::warn!(%reason, "database unavailable");
+                Self::Unavailable {
+                    retry_after_secs: 1,
+                }
+            }
+            StoreError::Overloaded => {
+                tracing::warn!("write queue full; shedding load");
+                Self::Unavailable {
+                    retry_after_secs: 1,
+                }
+            }
+            StoreError::Internal(e) => Self::Internal(e),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let request_id = request_id::current();
+        if let Self::Internal(cause) = &self {
+            // The cause goes to the log, tied to the request id; the client gets a generic detail.
+            tracing::error!(request_id = request_id.as_deref().unwrap_or("-"), error = ?cause, "internal error");
+        }
+        let errors = match &self {
+            Self::InvalidFields(errors) | Self::InvalidQuery(errors) => Some(errors.as_slice()),
+            _ => None,
+        };
+        let code = self.code();
+        let problem = Problem {
+            kind: format!("/problems/{}", code.replace('_', "-")),
+            title: self.title(),
+            status: status.as_u16(),
+            detail: self.to_string(),
+            code,
+            errors,
+            request_id,
+        };
+        let body = serde_json::to_vec(&problem).unwrap_or_else(|_| b"{}".to_vec());
+        let mut response = (
+            status,
+            [(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON))],
+            body,
+        )
+            .into_response();
+        if let Self::Unavailable { retry_after_secs } = self {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+        }
+        response
+    }
+}

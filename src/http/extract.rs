@@ -1,0 +1,205 @@
+//! Request-body extraction with the contract's statuses (axum's `Json` would answer 422/415 its own way).
+
+use axum::body::Body;
+use axum::extract::{FromRequest, Request};
+use axum::http::header;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde_json::Value;
+
+use super::error::{ApiError, FieldError};
+use crate::domain::{Email, NewUser, UserName};
+
+/// Request bodies larger than this are refused with 413.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// A `NewUser` parsed from a JSON request body.
+pub struct NewUserJson(pub NewUser);
+
+impl<S: Send + Sync> FromRequest<S> for NewUserJson {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, _state: &S) -> Result<Self, ApiError> {
+        let declared_length = request
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared_length.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+            return Err(ApiError::PayloadTooLarge {
+                limit: MAX_BODY_BYTES,
+            });
+        }
+        if !is_json(request.headers().get(header::CONTENT_TYPE)) {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        let bytes = read_limited(request.into_body()).await?;
+        parse_new_user(&bytes).map(Self)
+    }
+}
+
+/// `application/json` or any `application/*+json`, parameters (charset) allowed.
+fn is_json(content_type: Option<&header::HeaderValue>) -> bool {
+    let Some(value) = content_type.and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match essence.split_once('/') {
+        Some(("application", subtype)) => subtype == "json" || subtype.ends_with("+json"),
+        _ => false,
+    }
+}
+
+async fn read_limited(body: Body) -> Result<bytes::Bytes, ApiError> {
+    match Limited::new(body, MAX_BODY_BYTES).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(ApiError::PayloadTooLarge {
+                limit: MAX_BODY_BYTES,
+            })
+        }
+        Err(_) => Err(ApiError::MalformedJson(
+            "the request body could not be read".into(),
+        )),
+    }
+}
+
+/// Parses a create-user body, reporting every invalid field at once.
+pub fn parse_new_user(bytes: &[u8]) -> Result<NewUser, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::MalformedJson("the request body is empty".into()));
+    }
+    let value: Value =
+        serde_json::from_slice(bytes).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
+    let Value::Object(object) = value else {
+        return Err(ApiError::InvalidFields(vec![FieldError::new(
+            "body",
+            "must be a JSON object",
+        )]));
+    };
+
+    let mut errors = Vec::new();
+    let name = string_field(&object, "name", &mut errors).and_then(|raw| {
+        UserName::parse(raw)
+            .map_err(|e| errors.push(FieldError::new("name", e.to_string())))
+            .ok()
+    });
+    let email = string_field(&object, "email", &mut errors).and_then(|raw| {
+        Email::parse(raw)
+            .map_err(|e| errors.push(FieldError::new("email", e.to_string())))
+            .ok()
+    });
+    match (name, email) {
+        (Some(name), Some(email)) => Ok(NewUser { name, email }),
+        _ => Err(ApiError::InvalidFields(errors)),
+    }
+}
+
+fn string_field<'a>(
+    object: &'a serde_json::Map<String, Value>,
+    field: &str,
+    errors: &mut Vec<FieldError>,
+) -> Option<&'a str> {
+    match object.get(field) {
+        Some(Value::String(s)) => Some(s),
+        Some(_) => {
+            errors.push(FieldError::new(field, "must be a string"));
+            None
+        }
+        None => {
+            errors.push(FieldError::new(field, "is required"));
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn fields(e: ApiError) -> Vec<String> {
+        match e {
+            ApiError::InvalidFields(errors) => errors.into_iter().map(|e| e.field).collect(),
+            other => panic!("expected invalid fields, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn accepts_a_valid_body_and_ignores_unknown_fields() {
+        let user =
+            parse_new_user(br#"{"name":"Ada Lovelace","email":"ada@Example.com","admin":true}"#)
+                .unwrap();
+        assert_eq!(user.name.as_str(), "Ada Lovelace");
+        assert_eq!(user.email.as_str(), "ada@example.com");
+    }
+
+    #[test]
+    fn reports_every_invalid_field() {
+        assert_eq!(
+            fields(parse_new_user(br#"{}"#).unwrap_err()),
+            ["name", "email"]
+        );
+        assert_eq!(
+            fields(parse_new_user(br#"{"name":1,"email":null}"#).unwrap_err()),
+            ["name", "email"]
+        );
+        assert_eq!(
+            fields(parse_new_user(br#"{"name":"Al","email":"x@y.z"}"#).unwrap_err()),
+            ["name"]
+        );
+        assert_eq!(fields(parse_new_user(br#"[1,2]"#).unwrap_err()), ["body"]);
+    }
+
+    #[test]
+    fn malformed_and_empty_bodies_are_malformed_json() {
+        for body in [
+            &b""[..],
+            b"  ",
+            b"{",
+            b"{\"name\":}",
+            b"\xff\xfe",
+            b"null x",
+        ] {
+            assert!(
+                matches!(parse_new_user(body), Err(ApiError::MalformedJson(_))),
+                "{body:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn json_content_types() {
+        let check = |v: &str| is_json(Some(&header::HeaderValue::from_str(v).unwrap()));
+        assert!(check("application/json"));
+        assert!(check("Application/JSON; charset=utf-8"));
+        assert!(check("application/merge-patch+json"));
+        assert!(!check("text/plain"));
+        assert!(!check("application/x-www-form-urlencoded"));
+        assert!(!check("json"));
+        assert!(!is_json(None));
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic_and_are_rejected_or_valid(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            match parse_new_user(&bytes) {
+                Ok(user) => prop_assert!(UserName::parse(user.name.as_str()).is_ok()),
+                Err(e) => prop_assert!(e.status().is_client_error()),
+            }
+        }
+
+        #[test]
+        fn arbitrary_field_values_never_panic(name in any::<String>(), email in any::<String>()) {
+            let body = serde_json::json!({"name": name, "email": email}).to_string();
+            match parse_new_user(body.as_bytes()) {
+                Ok(_) => {}
+                Err(e) => prop_assert!(e.status().is_client_error()),
+            }
+        }
+    }
+}

@@ -1,0 +1,85 @@
+//! The layer every request passes: request id, load shedding, timeout, problem+json for
+//! framework errors, one log line and metrics.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use tokio::sync::Semaphore;
+
+use super::error::{ApiError, PROBLEM_JSON};
+use super::request_id::{self, X_REQUEST_ID};
+
+pub struct Limits {
+    pub in_flight: Semaphore,
+    pub request_timeout: Duration,
+}
+
+pub async fn observe(State(limits): State<Arc<Limits>>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let id = request_id::from_request(&request);
+    let method = request.method().clone();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+
+    let mut response = request_id::scope(id.clone(), async {
+        // Back-pressure: beyond capacity answer at once rather than queue without bound.
+        let Ok(_permit) = limits.in_flight.try_acquire() else {
+            return ApiError::Unavailable {
+                retry_after_secs: 1,
+            }
+            .into_response();
+        };
+        let _in_flight = crate::telemetry::InFlightGuard::enter();
+        let response = match tokio::time::timeout(limits.request_timeout, next.run(request)).await {
+            Ok(response) => response,
+            Err(_) => ApiError::Timeout.into_response(),
+        };
+        as_problem(response)
+    })
+    .await;
+
+    response
+        .headers_mut()
+        .insert(&X_REQUEST_ID, request_id::header_value(&id));
+    let status = response.status().as_u16();
+    let latency = started.elapsed();
+    crate::telemetry::record_request(method.as_str(), &route, status, latency);
+    tracing::info!(
+        target: "users_api::access",
+        request_id = %id,
+        method = %method,
+        route = %route,
+        status,
+        latency_ms = latency.as_secs_f64() * 1000.0,
+        "request"
+    );
+    response
+}
+
+/// Gives the router's own 404/405 answers the contract's problem+json shape (keeping `Allow`).
+fn as_problem(response: Response) -> Response {
+    let is_problem = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(PROBLEM_JSON.as_bytes()));
+    if is_problem {
+        return response;
+    }
+    let replacement = match response.status() {
+        StatusCode::NOT_FOUND => ApiError::NotFound("no resource at this path"),
+        StatusCode::METHOD_NOT_ALLOWED => ApiError::MethodNotAllowed,
+        _ => return response,
+    };
+    let (parts, _) = response.into_parts();
+    let mut problem = replacement.into_response();
+    if let Some(allow) = parts.headers.get(header::ALLOW) {
+        problem.headers_mut().insert(header::ALLOW, allow.clone());
+    }
+    problem
+}

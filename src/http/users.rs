@@ -1,0 +1,168 @@
+//! /users resource: create, fetch one, list (paged or streamed).
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use bytes::Bytes;
+use futures_util::{StreamExt, stream};
+use serde::Deserialize;
+
+use super::AppState;
+use super::error::{ApiError, FieldError};
+use super::extract::NewUserJson;
+use crate::store::StoreError;
+
+/// Largest page `?limit=` may ask for.
+pub const MAX_PAGE_SIZE: u32 = 1000;
+/// Page size when `after` is given without `limit`.
+pub const DEFAULT_PAGE_SIZE: u32 = 100;
+/// Users serialised into one body chunk when streaming the whole list.
+const STREAM_CHUNK_USERS: usize = 256;
+
+pub fn router() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/users", get(list_users).post(create_user))
+        .route("/user", post(create_user))
+        .route("/users/{id}", get(get_user))
+}
+
+async fn create_user(
+    State(state): State<Arc<AppState>>,
+    NewUserJson(new_user): NewUserJson,
+) -> Result<Response, ApiError> {
+    let user = state.store.create(new_user).await?;
+    let location =
+        HeaderValue::from_str(&format!("/users/{}", user.id)).expect("an id is a valid header");
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        json(&user),
+    )
+        .into_response())
+}
+
+async fn get_user(
+    State(state): State<Arc<AppState>>,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    const MISSING: &str = "no user with this id";
+    // Anything that is not a positive integer names no user.
+    let id = id
+        .ok()
+        .and_then(|Path(raw)| raw.parse::<i64>().ok())
+        .filter(|id| *id > 0)
+        .ok_or(ApiError::NotFound(MISSING))?;
+    match state.store.get(id).await? {
+        Some(user) => Ok(json(&user)),
+        None => Err(ApiError::NotFound(MISSING)),
+    }
+}
+
+#[derive(Deserialize)]
+struct ListParams {
+    limit: Option<String>,
+    after: Option<String>,
+}
+
+async fn list_users(
+    State(state): State<Arc<AppState>>,
+    params: Result<Query<ListParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(params) = params
+        .map_err(|e| ApiError::InvalidQuery(vec![FieldError::new("query", e.body_text())]))?;
+    if params.limit.is_none() && params.after.is_none() {
+        return stream_all(&state).await;
+    }
+    let limit = match params.limit.as_deref() {
+        None => DEFAULT_PAGE_SIZE,
+        Some(raw) => raw
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=MAX_PAGE_SIZE).contains(n))
+            .ok_or_else(|| {
+                ApiError::InvalidQuery(vec![FieldError::new(
+                    "limit",
+                    format!("must be an integer from 1 to {MAX_PAGE_SIZE}"),
+                )])
+            })?,
+    };
+    let after = match params.after.as_deref() {
+        None => 0,
+        Some(raw) => raw.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
+            ApiError::InvalidQuery(vec![FieldError::new(
+                "after",
+                "must be a non-negative integer (a user id)",
+            )])
+        })?,
+    };
+
+    // One extra row tells whether another page exists.
+    let mut users = state.store.page(after, limit + 1).await?;
+    let more = users.len() > limit as usize;
+    users.truncate(limit as usize);
+    let mut response = json(&users);
+    if more && let Some(last) = users.last() {
+        let link = format!("</users?limit={limit}&after={}>; rel=\"next\"", last.id);
+        response.headers_mut().insert(
+            header::LINK,
+            HeaderValue::from_str(&link).expect("ascii link"),
+        );
+    }
+    Ok(response)
+}
+
+/// The whole table as one JSON array, written as rows arrive from the database cursor.
+async fn stream_all(state: &AppState) -> Result<Response, ApiError> {
+    let mut users = state.store.stream_all();
+    // Wait for the first row so that an unavailable database is still a clean 503.
+    let first = match users.next().await {
+        Some(Err(e)) => return Err(e.into()),
+        other => other,
+    };
+    let mut wrote_one = false;
+    let items = stream::iter(first)
+        .chain(users)
+        .ready_chunks(STREAM_CHUNK_USERS)
+        .map(move |chunk| {
+            let mut buf = Vec::with_capacity(chunk.len() * 112);
+            for user in chunk {
+                let user = user?;
+                if wrote_one {
+                    buf.push(b',');
+                }
+                wrote_one = true;
+                serde_json::to_writer(&mut buf, &user)
+                    .map_err(|e| StoreError::Internal(e.into()))?;
+            }
+            Ok::<_, StoreError>(Bytes::from(buf))
+        });
+    let body = stream::once(async { Ok(Bytes::from_static(b"[")) })
+        .chain(items)
+        .chain(stream::once(async { Ok(Bytes::from_static(b"]")) }));
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        Body::from_stream(body),
+    )
+        .into_response())
+}
+
+fn json<T: serde::Serialize>(value: &T) -> Response {
+    let body = serde_json::to_vec(value).expect("users serialise");
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
+}

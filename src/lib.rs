@@ -1,0 +1,16 @@
+//! users-api: a users service over SQLite or PostgreSQL.
+
+/// Command line and environment configuration.
+pub mod config;
+/// Domain types that parse, not validate: names, emails, users.
+pub mod domain;
+/// Container health probe (`users-api healthcheck`).
+pub mod healthcheck;
+/// Routes, extraction, errors and middleware.
+pub mod http;
+/// Building and running the HTTP service, graceful shutdown.
+pub mod server;
+/// Storage back ends: SQLite (group-committing writer) and PostgreSQL.
+pub mod store;
+/// Logging and metrics.
+pub mod telemetry;

@@ -1,0 +1,183 @@
+//! Persistence: one `Store` over SQLite (embedded default) or PostgreSQL.
+
+mod postgres;
+mod sqlite;
+
+use std::time::Duration;
+
+use futures_util::stream::BoxStream;
+
+use crate::domain::{NewUser, User};
+
+pub use postgres::PostgresStore;
+pub use sqlite::SqliteStore;
+
+/// Tuning shared by both back ends.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    pub max_connections: usize,
+    /// Overrides the password in a PostgreSQL URL (injected from a secret store).
+    pub password: Option<String>,
+    /// Upper bound on waiting for a connection or a statement before answering 503.
+    pub timeout: Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            max_connections: 10,
+            password: None,
+            timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("email already registered")]
+    EmailTaken,
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    #[error("write queue is full")]
+    Overloaded,
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+/// The configured back end. An enum rather than a trait object: two variants, static dispatch.
+pub enum Store {
+    Sqlite(SqliteStore),
+    Postgres(PostgresStore),
+}
+
+impl Store {
+    /// Opens the store named by `url` (`sqlite://path` or `postgres://…`) without migrating.
+    pub async fn connect(url: &str, options: &StoreOptions) -> anyhow::Result<Self> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Self::Postgres(PostgresStore::connect(url, options)?))
+        } else if let Some(path) = url.strip_prefix("sqlite:") {
+            let path = path.trim_start_matches("//");
+            let path = path.split_once('?').map_or(path, |(p, _)| p);
+            anyhow::ensure!(
+                !path.is_empty(),
+                "DATABASE_URL names no SQLite file: {url:?}"
+            );
+            Ok(Self::Sqlite(SqliteStore::open(path, options).await?))
+        } else {
+            anyhow::bail!(
+                "DATABASE_URL must start with sqlite: or postgres:// (got {:?})",
+                redact(url)
+            )
+        }
+    }
+
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Self::Sqlite(_) => "sqlite",
+            Self::Postgres(_) => "postgres",
+        }
+    }
+
+    pub async fn migrate(&self) -> anyhow::Result<()> {
+        match self {
+            Self::Sqlite(s) => s.migrate().await,
+            Self::Postgres(s) => s.migrate().await,
+        }
+    }
+
+    pub async fn create(&self, user: NewUser) -> Result<User, StoreError> {
+        match self {
+            Self::Sqlite(s) => s.create(user).await,
+            Self::Postgres(s) => s.create(user).await,
+        }
+    }
+
+    pub async fn get(&self, id: i64) -> Result<Option<User>, StoreError> {
+        match self {
+            Self::Sqlite(s) => s.get(id).await,
+            Self::Postgres(s) => s.get(id).await,
+        }
+    }
+
+    /// Up to `limit` users with `id > after`, ascending.
+    pub async fn page(&self, after: i64, limit: u32) -> Result<Vec<User>, StoreError> {
+        match self {
+            Self::Sqlite(s) => s.page(after, limit).await,
+            Self::Postgres(s) => s.page(after, limit).await,
+        }
+    }
+
+    /// Every user in id order, read from a database cursor in constant memory.
+    pub fn stream_all(&self) -> BoxStream<'static, Result<User, StoreError>> {
+        match self {
+            Self::Sqlite(s) => s.stream_all(),
+            Self::Postgres(s) => s.stream_all(),
+        }
+    }
+
+    /// Succeeds when the database answers a trivial query.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        match self {
+            Self::Sqlite(s) => s.ping().await,
+            Self::Postgres(s) => s.ping().await,
+        }
+    }
+
+    /// Flushes pending writes and closes connections.
+    pub async fn close(&self) {
+        match self {
+            Self::Sqlite(s) => s.close().await,
+            Self::Postgres(s) => s.close(),
+        }
+    }
+}
+
+/// A URL safe to print: the password, if any, replaced.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{}:***{}", &url[..scheme_end + 3], user, &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Creation time as stored and returned: RFC 3339, UTC, microseconds.
+pub(crate) fn format_timestamp(t: time::OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.microsecond()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redact_hides_only_the_password() {
+        assert_eq!(
+            redact("postgres://app:s3cret@db:5432/x"),
+            "postgres://app:***@db:5432/x"
+        );
+        assert_eq!(redact("postgres://app@db/x"), "postgres://app@db/x");
+        assert_eq!(redact("sqlite://users.db"), "sqlite://users.db");
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_with_microseconds() {
+        let t = time::macros::datetime!(2026-01-02 03:04:05.123456789 UTC);
+        assert_eq!(format_timestamp(t), "2026-01-02T03:04:05.123456Z");
+    }
+}

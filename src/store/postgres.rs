@@ -1,0 +1,231 @@
+//! PostgreSQL: a deadpool of tokio-postgres clients with cached statements.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context;
+use deadpool_postgres::{
+    Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime,
+};
+use futures_util::stream::{self, BoxStream, StreamExt};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{NoTls, Row};
+
+use super::{StoreError, StoreOptions, format_timestamp};
+use crate::domain::{NewUser, User};
+
+const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("migrations/postgres/0001_users.sql"))];
+/// Serialises migrations of instances starting together (an arbitrary, fixed key).
+const MIGRATION_LOCK_KEY: i64 = 0x7573_6572_735f_6170;
+
+const SELECT_USER: &str = "SELECT id, name, email, created_at FROM users";
+
+pub struct PostgresStore {
+    pool: Pool,
+    timeout: Duration,
+}
+
+impl PostgresStore {
+    pub fn connect(url: &str, options: &StoreOptions) -> anyhow::Result<Self> {
+        let mut config =
+            tokio_postgres::Config::from_str(url).context("parsing the PostgreSQL DATABASE_URL")?;
+        if let Some(password) = &options.password {
+            config.password(password);
+        }
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(options.timeout);
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("users-api");
+        }
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(options.max_connections.max(1))
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(options.timeout))
+            .create_timeout(Some(options.timeout))
+            .recycle_timeout(Some(options.timeout))
+            .build()
+            .context("building the PostgreSQL pool")?;
+        Ok(Self {
+            pool,
+            timeout: options.timeout,
+        })
+    }
+
+    pub async fn migrate(&self) -> anyhow::Result<()> {
+        let mut client = self
+            .pool
+            .get()
+            .await
+            .context("connecting to PostgreSQL to migrate")?;
+        let tx = client.transaction().await?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK_KEY])
+            .await?;
+        tx.batch_execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+        )
+        .await?;
+        for (version, sql) in MIGRATIONS {
+            let applied: bool = tx
+                .query_one(
+                    "SELECT EXISTS(SELECT 1 FROM schema_migrations WHERE version = $1)",
+                    &[version],
+                )
+                .await?
+                .get(0);
+            if !applied {
+                tx.batch_execute(sql)
+                    .await
+                    .with_context(|| format!("applying PostgreSQL migration {version}"))?;
+                tx.execute(
+                    "INSERT INTO schema_migrations (version) VALUES ($1)",
+                    &[version],
+                )
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn create(&self, user: NewUser) -> Result<User, StoreError> {
+        let client = self.client().await?;
+        let row = self
+            .bounded(async {
+                let stmt = client
+                    .prepare_cached(
+                        "INSERT INTO users (name, email, email_key) VALUES ($1, $2, $3) RETURNING id, created_at",
+                    )
+                    .await?;
+                client.query_one(&stmt, &[&user.name.as_str(), &user.email.as_str(), &user.email.key()]).await
+            })
+            .await?;
+        Ok(User {
+            id: row.get(0),
+            name: user.name.as_str().to_owned(),
+            email: user.email.as_str().to_owned(),
+            created_at: format_timestamp(row.get(1)),
+        })
+    }
+
+    pub async fn get(&self, id: i64) -> Result<Option<User>, StoreError> {
+        let client = self.client().await?;
+        let row = self
+            .bounded(async {
+                let stmt = client
+                    .prepare_cached(&format!("{SELECT_USER} WHERE id = $1"))
+                    .await?;
+                client.query_opt(&stmt, &[&id]).await
+            })
+            .await?;
+        Ok(row.as_ref().map(row_to_user))
+    }
+
+    pub async fn page(&self, after: i64, limit: u32) -> Result<Vec<User>, StoreError> {
+        let client = self.client().await?;
+        let rows = self
+            .bounded(async {
+                let stmt = client
+                    .prepare_cached(&format!("{SELECT_USER} WHERE id > $1 ORDER BY id LIMIT $2"))
+                    .await?;
+                client.query(&stmt, &[&after, &i64::from(limit)]).await
+            })
+            .await?;
+        Ok(rows.iter().map(row_to_user).collect())
+    }
+
+    pub fn stream_all(&self) -> BoxStream<'static, Result<User, StoreError>> {
+        let pool = self.pool.clone();
+        let timeout = self.timeout;
+        let opened = async move {
+            let client = tokio::time::timeout(timeout, pool.get())
+                .await
+                .map_err(|_| StoreError::Unavailable("timed out waiting for a connection".into()))?
+                .map_err(pool_error)?;
+            let rows = tokio::time::timeout(timeout, async {
+                let stmt = client
+                    .prepare_cached(&format!("{SELECT_USER} ORDER BY id"))
+                    .await?;
+                client.query_raw(&stmt, std::iter::empty::<i64>()).await
+            })
+            .await
+            .map_err(|_| StoreError::Unavailable("query timed out".into()))?
+            .map_err(map_error)?;
+            // The pooled client travels with the row stream so it is not reused mid-read.
+            Ok::<_, StoreError>((client, Box::pin(rows)))
+        };
+        stream::once(opened)
+            .flat_map(|opened| match opened {
+                Ok((client, rows)) => rows
+                    .map(move |row| {
+                        let _keep_alive: &Object = &client;
+                        row.map(|r| row_to_user(&r)).map_err(map_error)
+                    })
+                    .boxed(),
+                Err(e) => stream::once(async move { Err(e) }).boxed(),
+            })
+            .boxed()
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        self.bounded(client.simple_query("SELECT 1"))
+            .await
+            .map(|_| ())
+    }
+
+    pub fn close(&self) {
+        self.pool.close();
+    }
+
+    async fn client(&self) -> Result<Object, StoreError> {
+        self.pool.get().await.map_err(pool_error)
+    }
+
+    /// Runs a statement with the configured time bound; past it the caller gets 503.
+    async fn bounded<T>(
+        &self,
+        query: impl Future<Output = Result<T, tokio_postgres::Error>>,
+    ) -> Result<T, StoreError> {
+        tokio::time::timeout(self.timeout, query)
+            .await
+            .map_err(|_| StoreError::Unavailable("query timed out".into()))?
+            .map_err(map_error)
+    }
+}
+
+fn row_to_user(row: &Row) -> User {
+    User {
+        id: row.get(0),
+        name: row.get(1),
+        email: row.get(2),
+        created_at: format_timestamp(row.get(3)),
+    }
+}
+
+fn pool_error(e: PoolError) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn map_error(e: tokio_postgres::Error) -> StoreError {
+    if let Some(code) = e.code() {
+        if *code == SqlState::UNIQUE_VIOLATION {
+            return StoreError::EmailTaken;
+        }
+        // Class 08 (connection), 53 (resources), 57 (operator intervention, e.g. admin shutdown).
+        let class = &code.code()[..2];
+        if matches!(class, "08" | "53" | "57") {
+            return StoreError::Unavailable(e.to_string());
+        }
+        return StoreError::Internal(e.into());
+    }
+    // No SQLSTATE: the connection itself failed or closed.
+    StoreError::Unavailable(e.to_string())
+}

@@ -1,0 +1,328 @@
+//! SQLite: one writer thread that group-commits, a pool of readers, WAL with durable commits.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::Context;
+use deadpool_sqlite::rusqlite::{
+    self, Connection, ErrorCode, OpenFlags, OptionalExtension, params,
+};
+use deadpool_sqlite::{Config as PoolConfig, Pool, Runtime};
+use futures_util::stream::BoxStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::{StoreError, StoreOptions, format_timestamp};
+use crate::domain::{NewUser, User};
+
+const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("migrations/sqlite/0001_users.sql"))];
+
+/// Pending writes beyond this are refused with 503 rather than queued without bound.
+const WRITE_QUEUE_CAPACITY: usize = 4096;
+/// Inserts committed together in one transaction at most.
+const MAX_BATCH: usize = 512;
+const STREAM_BATCH: usize = 256;
+
+const SELECT_USER: &str = "SELECT id, name, email, created_at FROM users";
+
+enum WriterMessage {
+    Insert(NewUser, oneshot::Sender<Result<User, StoreError>>),
+    Shutdown,
+}
+
+pub struct SqliteStore {
+    path: PathBuf,
+    readers: Pool,
+    writer: mpsc::Sender<WriterMessage>,
+    writer_thread: Mutex<Option<JoinHandle<()>>>,
+    timeout: Duration,
+}
+
+impl SqliteStore {
+    pub async fn open(path: &str, options: &StoreOptions) -> anyhow::Result<Self> {
+        let path = PathBuf::from(path);
+        let writer_conn = open_writer(&path)?;
+        let (writer, queue) = mpsc::channel(WRITE_QUEUE_CAPACITY);
+        let writer_thread = std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || writer_loop(writer_conn, queue))
+            .context("spawning the SQLite writer thread")?;
+        let readers = PoolConfig::new(&path)
+            .builder(Runtime::Tokio1)
+            .context("configuring the SQLite read pool")?
+            .max_size(options.max_connections.max(1))
+            .wait_timeout(Some(options.timeout))
+            .create_timeout(Some(options.timeout))
+            .build()
+            .context("building the SQLite read pool")?;
+        Ok(Self {
+            path,
+            readers,
+            writer,
+            writer_thread: Mutex::new(Some(writer_thread)),
+            timeout: options.timeout,
+        })
+    }
+
+    pub async fn migrate(&self) -> anyhow::Result<()> {
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = open_writer(&path)?;
+            migrate(&mut conn)
+        })
+        .await
+        .context("migration task panicked")?
+    }
+
+    pub async fn create(&self, user: NewUser) -> Result<User, StoreError> {
+        let (reply, outcome) = oneshot::channel();
+        self.writer
+            .try_send(WriterMessage::Insert(user, reply))
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => StoreError::Overloaded,
+                mpsc::error::TrySendError::Closed(_) => {
+                    StoreError::Unavailable("writer stopped".into())
+                }
+            })?;
+        outcome
+            .await
+            .map_err(|_| StoreError::Unavailable("writer stopped".into()))?
+    }
+
+    pub async fn get(&self, id: i64) -> Result<Option<User>, StoreError> {
+        self.read(move |conn| {
+            conn.prepare_cached(&format!("{SELECT_USER} WHERE id = ?1"))?
+                .query_row([id], row_to_user)
+                .optional()
+        })
+        .await
+    }
+
+    pub async fn page(&self, after: i64, limit: u32) -> Result<Vec<User>, StoreError> {
+        self.read(move |conn| {
+            conn.prepare_cached(&format!("{SELECT_USER} WHERE id > ?1 ORDER BY id LIMIT ?2"))?
+                .query_map(params![after, limit], row_to_user)?
+                .collect()
+        })
+        .await
+    }
+
+    pub fn stream_all(&self) -> BoxStream<'static, Result<User, StoreError>> {
+        // A dedicated connection and thread: a slow client must not hold a pooled reader.
+        let (tx, rx) = mpsc::channel(STREAM_BATCH);
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let result = (|| -> rusqlite::Result<()> {
+                let conn = open_reader(&path)?;
+                let mut stmt = conn.prepare(&format!("{SELECT_USER} ORDER BY id"))?;
+                let mut rows = stmt.query([])?;
+                while let Some(row) = rows.next()? {
+                    if tx.blocking_send(Ok(row_to_user(row)?)).is_err() {
+                        return Ok(()); // client went away
+                    }
+                }
+                Ok(())
+            })();
+            if let Err(e) = result {
+                let _ = tx.blocking_send(Err(map_error(e)));
+            }
+        });
+        Box::pin(ReceiverStream::new(rx))
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.read(|conn| conn.query_row("SELECT 1", [], |_| Ok(())))
+            .await
+    }
+
+    pub async fn close(&self) {
+        let _ = self.writer.send(WriterMessage::Shutdown).await;
+        let handle = self
+            .writer_thread
+            .lock()
+            .expect("writer handle lock")
+            .take();
+        if let Some(handle) = handle {
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
+        self.readers.close();
+    }
+
+    async fn read<T, F>(&self, query: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let conn = self
+            .readers
+            .get()
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let outcome = tokio::time::timeout(self.timeout, conn.interact(move |conn| query(conn)))
+            .await
+            .map_err(|_| StoreError::Unavailable("query timed out".into()))?
+            .map_err(|e| StoreError::Internal(anyhow::anyhow!("read task failed: {e}")))?;
+        outcome.map_err(map_error)
+    }
+}
+
+fn open_writer(path: &Path) -> anyhow::Result<Connection> {
+    let conn = Connection::open(path)
+        .with_context(|| format!("opening SQLite database {}", path.display()))?;
+    // WAL lets readers run beside the writer; FULL syncs the WAL on every commit,
+    // so an acknowledged insert survives kill -9 and power loss.
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;",
+    )
+    .context("configuring SQLite (WAL, synchronous=FULL)")?;
+    Ok(conn)
+}
+
+fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
+    Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+}
+
+fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    tx.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)",
+    )?;
+    for (version, sql) in MIGRATIONS {
+        let applied: bool = tx.query_row(
+            "SELECT EXISTS(SELECT 1 FROM schema_migrations WHERE version = ?1)",
+            [version],
+            |r| r.get(0),
+        )?;
+        if !applied {
+            tx.execute_batch(sql)
+                .with_context(|| format!("applying SQLite migration {version}"))?;
+            tx.execute(
+                "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, ?2)",
+                params![version, format_timestamp(time::OffsetDateTime::now_utc())],
+            )?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// Takes every queued insert, commits them in one transaction, then answers each.
+fn writer_loop(conn: Connection, mut queue: mpsc::Receiver<WriterMessage>) {
+    let mut batch: Vec<(NewUser, oneshot::Sender<Result<User, StoreError>>)> =
+        Vec::with_capacity(MAX_BATCH);
+    let mut shutting_down = false;
+    while !shutting_down {
+        match queue.blocking_recv() {
+            Some(WriterMessage::Insert(user, reply)) => batch.push((user, reply)),
+            Some(WriterMessage::Shutdown) | None => break,
+        }
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(WriterMessage::Insert(user, reply)) => batch.push((user, reply)),
+                Ok(WriterMessage::Shutdown) => {
+                    shutting_down = true;
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        commit_batch(&conn, &mut batch);
+    }
+}
+
+fn commit_batch(
+    conn: &Connection,
+    batch: &mut Vec<(NewUser, oneshot::Sender<Result<User, StoreError>>)>,
+) {
+    let created_at = format_timestamp(time::OffsetDateTime::now_utc());
+    let outcome = (|| -> rusqlite::Result<Vec<Result<User, StoreError>>> {
+        let tx = conn.unchecked_transaction()?;
+        let mut results = Vec::with_capacity(batch.len());
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO users (name, email, email_key, created_at) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            for (user, _) in batch.iter() {
+                // A failed statement rolls back only itself; the rest of the batch commits.
+                let result = insert
+                    .execute(params![
+                        user.name.as_str(),
+                        user.email.as_str(),
+                        user.email.key(),
+                        created_at
+                    ])
+                    .map(|_| User {
+                        id: tx.last_insert_rowid(),
+                        name: user.name.as_str().to_owned(),
+                        email: user.email.as_str().to_owned(),
+                        created_at: created_at.clone(),
+                    })
+                    .map_err(map_error);
+                results.push(result);
+            }
+        }
+        tx.commit()?;
+        Ok(results)
+    })();
+    crate::telemetry::record_write_batch(batch.len());
+    match outcome {
+        Ok(results) => {
+            for ((_, reply), result) in batch.drain(..).zip(results) {
+                let _ = reply.send(result);
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, batch = batch.len(), "SQLite batch commit failed");
+            let unavailable = is_unavailable(&e);
+            for (_, reply) in batch.drain(..) {
+                let _ = reply.send(Err(if unavailable {
+                    StoreError::Unavailable(e.to_string())
+                } else {
+                    StoreError::Internal(anyhow::anyhow!("commit failed: {e}"))
+                }));
+            }
+        }
+    }
+}
+
+fn row_to_user(row: &rusqlite::Row<'_>) -> rusqlite::Result<User> {
+    Ok(User {
+        id: row.get(0)?,
+        name: row.get(1)?,
+        email: row.get(2)?,
+        created_at: row.get(3)?,
+    })
+}
+
+fn is_unavailable(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(
+            ErrorCode::DatabaseBusy
+                | ErrorCode::DatabaseLocked
+                | ErrorCode::CannotOpen
+                | ErrorCode::SystemIoFailure
+                | ErrorCode::DiskFull
+                | ErrorCode::ReadOnly
+        )
+    )
+}
+
+fn map_error(e: rusqlite::Error) -> StoreError {
+    if let rusqlite::Error::SqliteFailure(f, _) = &e
+        && f.code == ErrorCode::ConstraintViolation
+        && f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+    {
+        return StoreError::EmailTaken;
+    }
+    if is_unavailable(&e) {
+        StoreError::Unavailable(e.to_string())
+    } else {
+        StoreError::Internal(e.into())
+    }
+}
