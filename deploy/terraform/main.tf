@@ -1,0 +1,269 @@
+# users-api on AWS: VPC -> public ALB (+WAF) -> ECS Fargate (nginx + API) ->
+# RDS PostgreSQL, images in ECR, delivered by CodePipeline. Every module is
+# local (./modules), so the scanner sees every resource.
+
+data "aws_caller_identity" "current" {}
+
+data "aws_partition" "current" {}
+
+locals {
+  tags = merge(var.tags, {
+    Project   = var.name
+    ManagedBy = "terraform"
+  })
+
+  account_id = data.aws_caller_identity.current.account_id
+  partition  = data.aws_partition.current.partition
+}
+
+# ---------------------------------------------------------------- KMS key
+#
+# One customer-managed key for the stack's data at rest: log groups, the
+# database (storage, Performance Insights, master secret), the JWT secret,
+# ECR, pipeline artifacts, build output and the alarm topic.
+
+data "aws_iam_policy_document" "kms" {
+  #checkov:skip=CKV_AWS_109:Key policy, not an identity policy: Resource "*" is this key only, and the account statement is AWS's default that hands control to IAM.
+  #checkov:skip=CKV_AWS_111:Key policy: Resource "*" is this key only; service principals are limited by encryption-context or kms:ViaService conditions.
+  #checkov:skip=CKV_AWS_356:Key policy: Resource "*" is the only valid resource in a key policy and means this key.
+  # Key administration and use are governed by IAM policies in this account
+  # (the roles in the modules grant themselves narrowly).
+  statement {
+    sid       = "AccountIamPolicies"
+    actions   = ["kms:*"]
+    resources = ["*"] # in a key policy "*" means this key
+
+    principals {
+      type        = "AWS"
+      identifiers = ["arn:${local.partition}:iam::${local.account_id}:root"]
+    }
+  }
+
+  statement {
+    sid = "CloudWatchLogsOfThisAccount"
+    actions = [
+      "kms:Encrypt*",
+      "kms:Decrypt*",
+      "kms:ReEncrypt*",
+      "kms:GenerateDataKey*",
+      "kms:Describe*",
+    ]
+    resources = ["*"]
+
+    principals {
+      type        = "Service"
+      identifiers = ["logs.${var.region}.amazonaws.com"]
+    }
+
+    condition {
+      test     = "ArnLike"
+      variable = "kms:EncryptionContext:aws:logs:arn"
+      values   = ["arn:${local.partition}:logs:${var.region}:${local.account_id}:log-group:*"]
+    }
+  }
+
+  # Services that publish to the encrypted alarm topic.
+  statement {
+    sid       = "PublishToEncryptedTopic"
+    actions   = ["kms:Decrypt", "kms:GenerateDataKey*"]
+    resources = ["*"]
+
+    principals {
+      type = "Service"
+      identifiers = [
+        "cloudwatch.amazonaws.com",
+        "events.amazonaws.com",
+        "codestar-notifications.amazonaws.com",
+      ]
+    }
+
+    condition {
+      test     = "StringEquals"
+      variable = "kms:ViaService"
+      values   = ["sns.${var.region}.amazonaws.com"]
+    }
+  }
+}
+
+resource "aws_kms_key" "this" {
+  description             = "${var.name}: data at rest (logs, RDS, secrets, ECR, artifacts, SNS)"
+  enable_key_rotation     = true
+  rotation_period_in_days = 365
+  deletion_window_in_days = 30
+  policy                  = data.aws_iam_policy_document.kms.json
+
+  tags = local.tags
+}
+
+resource "aws_kms_alias" "this" {
+  name          = "alias/${var.name}"
+  target_key_id = aws_kms_key.this.key_id
+}
+
+# ---------------------------------------------------------------- modules
+
+module "network" {
+  source = "./modules/network"
+
+  name                    = var.name
+  vpc_cidr                = var.vpc_cidr
+  az_count                = var.az_count
+  single_nat_gateway      = var.single_nat_gateway
+  flow_log_retention_days = var.log_retention_days
+  kms_key_arn             = aws_kms_key.this.arn
+  tags                    = local.tags
+}
+
+module "alb" {
+  source = "./modules/alb"
+
+  name                = var.name
+  vpc_id              = module.network.vpc_id
+  vpc_cidr            = module.network.vpc_cidr
+  public_subnet_ids   = module.network.public_subnet_ids
+  certificate_arn     = var.certificate_arn
+  enable_waf          = var.enable_waf
+  waf_rate_limit      = var.waf_rate_limit
+  deletion_protection = var.alb_deletion_protection
+  log_retention_days  = var.log_retention_days
+  kms_key_arn         = aws_kms_key.this.arn
+  tags                = local.tags
+
+  # Shutdown budget (docs/DEPLOY.md): drain 30 s, idle 60 s < nginx keepalive 75 s.
+  deregistration_delay = 30
+  idle_timeout         = 60
+}
+
+module "registry" {
+  source = "./modules/registry"
+
+  name        = var.name
+  kms_key_arn = aws_kms_key.this.arn
+  tags        = local.tags
+}
+
+module "database" {
+  source = "./modules/database"
+
+  name                     = var.name
+  vpc_id                   = module.network.vpc_id
+  subnet_ids               = module.network.intra_subnet_ids
+  client_security_group_id = module.service.security_group_id
+  instance_class           = var.db_instance_class
+  engine_version           = var.db_engine_version
+  parameter_group_family   = "postgres${split(".", var.db_engine_version)[0]}"
+  allocated_storage        = var.db_allocated_storage
+  max_allocated_storage    = var.db_max_allocated_storage
+  multi_az                 = var.db_multi_az
+  deletion_protection      = var.db_deletion_protection
+  backup_retention_days    = var.db_backup_retention_days
+  log_retention_days       = var.log_retention_days
+  kms_key_arn              = aws_kms_key.this.arn
+  tags                     = local.tags
+}
+
+module "service" {
+  source = "./modules/service"
+
+  name                  = var.name
+  vpc_id                = module.network.vpc_id
+  vpc_cidr              = module.network.vpc_cidr
+  private_subnet_ids    = module.network.private_subnet_ids
+  alb_security_group_id = module.alb.security_group_id
+  db_security_group_id  = module.database.security_group_id
+  target_group_arn      = module.alb.target_group_arn
+  listener_arn          = module.alb.listener_arn
+
+  api_repository_url   = module.registry.repository_urls["api"]
+  proxy_repository_url = module.registry.repository_urls["proxy"]
+  repository_arns      = values(module.registry.repository_arns)
+  image_tag            = var.image_tag
+  cpu_architecture     = var.cpu_architecture
+
+  task_cpu      = var.task_cpu
+  task_memory   = var.task_memory
+  min_capacity  = var.min_tasks
+  max_capacity  = var.max_tasks
+  cpu_target    = var.cpu_target
+  memory_target = var.memory_target
+
+  # Shutdown budget (docs/DEPLOY.md): request 10 s < grace 20 s < stopTimeout 30 s.
+  api_request_timeout_secs  = 10
+  api_shutdown_grace_secs   = 20
+  stop_timeout              = 30
+  health_check_grace_period = 60
+
+  log_level                = var.log_level
+  rate_limit_per_second    = var.rate_limit_per_second
+  rate_limit_burst         = var.rate_limit_burst
+  database_max_connections = var.database_max_connections
+
+  db_address                  = module.database.address
+  db_port                     = module.database.port
+  db_name                     = module.database.db_name
+  db_username                 = module.database.username
+  db_secret_arn               = module.database.master_user_secret_arn
+  redeploy_on_secret_rotation = var.redeploy_on_secret_rotation
+
+  auth_enabled  = var.auth_enabled
+  auth_jwks_url = var.auth_jwks_url
+  auth_issuer   = var.auth_issuer
+  auth_audience = var.auth_audience
+
+  api_log_group_name   = module.observability.api_log_group_name
+  proxy_log_group_name = module.observability.proxy_log_group_name
+  log_group_arns       = module.observability.container_log_group_arns
+  log_retention_days   = var.log_retention_days
+  kms_key_arn          = aws_kms_key.this.arn
+  tags                 = local.tags
+}
+
+module "observability" {
+  source = "./modules/observability"
+
+  name               = var.name
+  log_retention_days = var.log_retention_days
+  alarm_email        = var.alarm_email
+  kms_key_arn        = aws_kms_key.this.arn
+
+  cluster_name               = module.service.cluster_name
+  service_name               = module.service.service_name
+  service_arn                = module.service.service_arn
+  alb_arn_suffix             = module.alb.arn_suffix
+  target_group_arn_suffix    = module.alb.target_group_arn_suffix
+  db_instance_identifier     = module.database.identifier
+  db_allocated_storage_bytes = module.database.allocated_storage_bytes
+  # Expected peak: max_tasks x pool size; alarm a little above it.
+  db_connections_threshold = var.max_tasks * var.database_max_connections + 10
+
+  tags = local.tags
+}
+
+module "pipeline" {
+  source = "./modules/pipeline"
+
+  name                     = var.name
+  repository_id            = var.repository_id
+  branch                   = var.branch
+  codestar_connection_arn  = var.codestar_connection_arn
+  connection_provider_type = var.connection_provider_type
+  buildspec_path           = "deploy/buildspec.yml"
+  cpu_architecture         = var.cpu_architecture
+  require_approval         = var.require_approval
+
+  repository_urls = module.registry.repository_urls
+  repository_arns = values(module.registry.repository_arns)
+
+  cluster_name           = module.service.cluster_name
+  service_name           = module.service.service_name
+  service_arn            = module.service.service_arn
+  task_definition_family = module.service.task_definition_family
+  pass_role_arns         = [module.service.execution_role_arn, module.service.task_role_arn]
+
+  codebuild_log_group_name = module.observability.codebuild_log_group_name
+  codebuild_log_group_arn  = module.observability.codebuild_log_group_arn
+  access_log_bucket        = module.alb.log_bucket_id
+  notification_topic_arn   = module.observability.alarm_topic_arn
+  kms_key_arn              = aws_kms_key.this.arn
+  tags                     = local.tags
+}
