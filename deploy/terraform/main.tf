@@ -14,6 +14,9 @@ locals {
 
   account_id = data.aws_caller_identity.current.account_id
   partition  = data.aws_partition.current.partition
+
+  # nginx in the proxy image runs as a non-root user on an unprivileged port.
+  proxy_port = 8080
 }
 
 # ---------------------------------------------------------------- KMS key
@@ -129,6 +132,8 @@ module "alb" {
   kms_key_arn         = aws_kms_key.this.arn
   tags                = local.tags
 
+  target_port = local.proxy_port
+
   # Shutdown budget (docs/DEPLOY.md): drain 30 s, idle 60 s < nginx keepalive 75 s.
   deregistration_delay = 30
   idle_timeout         = 60
@@ -173,6 +178,7 @@ module "service" {
   db_security_group_id  = module.database.security_group_id
   target_group_arn      = module.alb.target_group_arn
   listener_arn          = module.alb.listener_arn
+  proxy_port            = local.proxy_port
 
   api_repository_url   = module.registry.repository_urls["api"]
   proxy_repository_url = module.registry.repository_urls["proxy"]

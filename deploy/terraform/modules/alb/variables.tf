@@ -51,9 +51,9 @@ variable "ssl_policy" {
 }
 
 variable "target_port" {
-  description = "Port the targets (the nginx proxy container) listen on."
+  description = "Port the targets (the nginx proxy containers) listen on."
   type        = number
-  default     = 80
+  default     = 8080
 
   validation {
     condition     = var.target_port > 0 && var.target_port < 65536

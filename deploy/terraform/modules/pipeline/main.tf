@@ -15,8 +15,6 @@ locals {
 
   connection_arn = var.codestar_connection_arn != "" ? var.codestar_connection_arn : aws_codestarconnections_connection.this[0].arn
 
-  registry = split("/", var.repository_urls["api"])[0]
-
   build_environment = {
     X86_64 = { type = "LINUX_CONTAINER", image = "aws/codebuild/amazonlinux-x86_64-standard:5.0" }
     ARM64  = { type = "ARM_CONTAINER", image = "aws/codebuild/amazonlinux-aarch64-standard:3.0" }
@@ -259,16 +257,6 @@ resource "aws_codebuild_project" "this" {
     privileged_mode             = true
 
     environment_variable {
-      name  = "AWS_ACCOUNT_ID"
-      value = local.account_id
-    }
-
-    environment_variable {
-      name  = "ECR_REGISTRY"
-      value = local.registry
-    }
-
-    environment_variable {
       name  = "API_REPOSITORY_URI"
       value = var.repository_urls["api"]
     }
@@ -489,12 +477,11 @@ resource "aws_codepipeline" "this" {
       input_artifacts  = ["source"]
       output_artifacts = ["imagedefinitions"]
 
+      # The buildspec tags both images with the first 12 characters of the
+      # commit (CODEBUILD_RESOLVED_SOURCE_VERSION) and writes
+      # imagedefinitions.json for the containers api and proxy.
       configuration = {
         ProjectName = aws_codebuild_project.this.name
-        # The image tag is the full commit SHA of this execution.
-        EnvironmentVariables = jsonencode([
-          { name = "IMAGE_TAG", value = "#{SourceVariables.CommitId}", type = "PLAINTEXT" },
-        ])
       }
     }
   }

@@ -52,7 +52,7 @@ variable "connection_provider_type" {
 }
 
 variable "buildspec_path" {
-  description = "Path of the buildspec in the repository. It must push both images tagged $IMAGE_TAG and write imagedefinitions.json naming the containers api and proxy."
+  description = "Path of the buildspec in the repository. It reads API_REPOSITORY_URI and PROXY_REPOSITORY_URI, pushes both images tagged with the commit and writes imagedefinitions.json naming the containers api and proxy."
   type        = string
   default     = "deploy/buildspec.yml"
 }

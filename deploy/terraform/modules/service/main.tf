@@ -91,12 +91,24 @@ locals {
       image                  = local.proxy_image
       essential              = true
       readonlyRootFilesystem = true
-      portMappings           = [{ containerPort = 80, protocol = "tcp", name = "http" }]
+      # The proxy image runs nginx as a non-root user, so it listens on an
+      # unprivileged port; the load balancer's target group uses the same one.
+      portMappings = [{ containerPort = var.proxy_port, protocol = "tcp", name = "http" }]
       environment = [
-        # nginx template variables.
+        # Template variables of proxy/nginx.conf.template.
+        { name = "LISTEN_PORT", value = tostring(var.proxy_port) },
         { name = "UPSTREAM", value = "127.0.0.1:8000" },
+        # Trust X-Forwarded-For only from the VPC (the ALB's addresses).
         { name = "REAL_IP_FROM", value = var.vpc_cidr },
       ]
+      # The image's own check (GET /nginx-health over bash's /dev/tcp).
+      healthCheck = {
+        command     = ["CMD", "/usr/local/bin/healthcheck"]
+        interval    = 10
+        timeout     = 5
+        retries     = 3
+        startPeriod = 5
+      }
       mountPoints = [for v, p in local.proxy_volumes : { sourceVolume = v, containerPath = p, readOnly = false }]
       dependsOn   = [{ containerName = "api", condition = "HEALTHY" }]
       stopTimeout = var.stop_timeout
@@ -310,8 +322,8 @@ resource "aws_vpc_security_group_ingress_rule" "from_alb" {
   security_group_id            = aws_security_group.this.id
   description                  = "HTTP from the load balancer to nginx"
   ip_protocol                  = "tcp"
-  from_port                    = 80
-  to_port                      = 80
+  from_port                    = var.proxy_port
+  to_port                      = var.proxy_port
   referenced_security_group_id = var.alb_security_group_id
 
   tags = var.tags
@@ -376,7 +388,7 @@ resource "aws_ecs_service" "this" {
   load_balancer {
     target_group_arn = var.target_group_arn
     container_name   = "proxy"
-    container_port   = 80
+    container_port   = var.proxy_port
   }
 
   tags = var.tags

@@ -324,8 +324,19 @@ variable "auth_audience" {
   }
 }
 
+variable "proxy_port" {
+  description = "Port nginx listens on inside the task (LISTEN_PORT of the proxy image, which runs as a non-root user and so needs a port above 1023); the target group must use the same."
+  type        = number
+  default     = 8080
+
+  validation {
+    condition     = var.proxy_port > 1023 && var.proxy_port < 65536 && var.proxy_port != 8000
+    error_message = "proxy_port must be an unprivileged TCP port (1024-65535) other than the API's 8000."
+  }
+}
+
 variable "proxy_writable_paths" {
-  description = "Paths given to nginx as empty, writable task-local volumes (its root filesystem is read-only)."
+  description = "Paths given to nginx as task-local bind-mount volumes (its root filesystem is read-only). The proxy image renders its config and keeps its pid/temp files under /tmp/nginx; a non-root user can write such a volume only if the image declares it with VOLUME (ECS then copies the image's directory and permissions)."
   type        = list(string)
   default     = ["/var/cache/nginx", "/var/run", "/tmp"]
 }

@@ -1,0 +1,453 @@
+"""Parse-level tests of deploy/terraform (no terraform binary, no cloud).
+
+The first group runs the checker in tfcheck.py over the real tree; the second
+feeds it small broken snippets to show that each rule does fail when it should.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import re
+import textwrap
+
+import hcl2
+import pytest
+import yaml
+
+import tfcheck
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+TF = REPO / "deploy" / "terraform"
+TFVARS_EXAMPLE = TF / "terraform.tfvars.example"
+EXPECTED_MODULES = {"network", "alb", "service", "database", "registry", "pipeline", "observability"}
+
+
+# ------------------------------------------------------------ the real tree
+
+def test_terraform_tree_has_no_problems():
+    problems = tfcheck.check_tree(TF, TFVARS_EXAMPLE)
+    assert problems == [], "\n".join(problems)
+
+
+def test_root_calls_every_module_and_only_local_ones():
+    tree = tfcheck.module_tree(TF)
+    called = {m.dir_name for m, parent, _ in tree if parent is not None}
+    assert called == EXPECTED_MODULES
+    root = tree[0][0]
+    for name, body in root.calls.items():
+        assert tfcheck.literal(body["source"]).startswith("./modules/"), name
+
+
+def test_every_resource_is_in_a_local_module_the_scanner_can_read():
+    # checkov silently skips registry modules it cannot download; there are none.
+    for module, _, _ in tfcheck.module_tree(TF):
+        for body in module.calls.values():
+            assert tfcheck.literal(body["source"]).startswith("./")
+
+
+def test_checkov_config_skips_nothing_and_inline_skips_have_reasons():
+    config = yaml.safe_load((TF / ".checkov.yaml").read_text())
+    assert not {"skip-check", "soft-fail", "soft-fail-on", "skip-path"} & set(config), config
+    skips = []
+    for tf in TF.rglob("*.tf"):
+        for line in tf.read_text().splitlines():
+            if "checkov:skip" in line:
+                m = re.search(r"#checkov:skip=(CKV2?_[A-Z]+_\d+):(.{20,})$", line.strip())
+                assert m, f"{tf}: skip without an id and a reason: {line.strip()}"
+                skips.append(m.group(1))
+    # A skip is a decision: keep them few.
+    assert len(skips) <= 20, skips
+
+
+def _module_args(name: str) -> dict:
+    root = tfcheck.load_module(TF, ".")
+    return {k: tfcheck.literal(v) for k, v in root.calls[name].items()}
+
+
+def test_shutdown_budget_is_consistent_end_to_end():
+    alb, svc = _module_args("alb"), _module_args("service")
+    nginx_proxy_timeout, nginx_keepalive = 15, 75
+    request, grace, stop = svc["api_request_timeout_secs"], svc["api_shutdown_grace_secs"], svc["stop_timeout"]
+    assert (request, grace, stop) == (10, 20, 30)
+    assert (alb["deregistration_delay"], alb["idle_timeout"], svc["health_check_grace_period"]) == (30, 60, 60)
+    assert request < nginx_proxy_timeout <= alb["deregistration_delay"]  # draining outlasts any request
+    assert request < grace < stop  # in-flight work ends before SIGKILL
+    assert alb["idle_timeout"] < nginx_keepalive  # the ALB closes idle connections first
+    doc = (REPO / "docs" / "DEPLOY.md").read_text()
+    for needle in ("deregistration delay", "stopTimeout", "health check grace period", "idle timeout",
+                   "SHUTDOWN_GRACE_SECS", "REQUEST_TIMEOUT_SECS", "keepalive_timeout"):
+        assert needle.lower() in doc.lower(), needle
+
+
+def test_task_definition_matches_the_contract():
+    service = tfcheck.load_module(TF / "modules" / "service", "service")
+    text = (TF / "modules" / "service" / "main.tf").read_text()
+    task = service.resources[("aws_ecs_task_definition", "this")]
+    assert tfcheck.literal(task["requires_compatibilities"]) == "FARGATE"
+    for needle in (
+        'name                   = "api"', 'name                   = "proxy"',
+        '"CMD", "/usr/local/bin/users-api", "healthcheck"',
+        'condition = "HEALTHY"', '"UPSTREAM", value = "127.0.0.1:8000"',
+        '"BIND_ADDR", value = "127.0.0.1:8000"', '"LOG_FORMAT", value = "json"',
+        '"TRUST_FORWARDED_FOR", value = "true"', '"DATABASE_PASSWORD", valueFrom = "${var.db_secret_arn}:password::"',
+        "readonlyRootFilesystem = true", "sslmode=require",
+    ):
+        assert needle in text, needle
+    assert text.count("essential              = true") == 2
+    assert text.count("readonlyRootFilesystem = true") == 2
+    # the URL never carries a password
+    assert re.search(r'postgres://\$\{var\.db_username\}@', text)
+
+
+def test_pipeline_uses_buildspec_connection_and_ecs_deploy():
+    text = (TF / "modules" / "pipeline" / "main.tf").read_text()
+    for needle in ('pipeline_type  = "V2"', 'provider         = "CodeStarSourceConnection"',
+                   'provider        = "ECS"', 'FileName          = "imagedefinitions.json"'):
+        assert needle in text, needle
+    assert _module_args("pipeline")["buildspec_path"] == "deploy/buildspec.yml"
+    assert "OAuthToken" not in text  # the connection replaces the OAuth token
+
+
+def test_backend_is_partial_s3_with_no_names_in_code():
+    with (TF / "versions.tf").open() as fh:
+        versions = hcl2.load(fh)
+    backend = versions["terraform"][0]["backend"][0]
+    assert list(backend) == ["s3"] and not {k for k in backend["s3"] if not k.startswith("__")}
+    example = (TF / "backend.hcl.example").read_text()
+    assert "use_lockfile" in example and "dynamodb_table" in example
+
+
+# ----------------------------------------------- negative self-tests
+
+def make_tree(tmp_path: pathlib.Path, files: dict[str, str]) -> pathlib.Path:
+    for name, text in files.items():
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text))
+    for module_dir in {p.parent for p in tmp_path.rglob("*.tf")}:
+        for required in tfcheck.MODULE_FILES:
+            target = module_dir / required
+            if not target.exists():
+                target.write_text("" if required.endswith(".tf") else "# module\n")
+    return tmp_path
+
+
+CLEAN_CHILD = {
+    "modules/app/variables.tf": """
+        variable "name" {
+          description = "Name."
+          type        = string
+        }
+    """,
+    "modules/app/main.tf": """
+        resource "aws_s3_bucket" "this" {
+          bucket = var.name
+        }
+    """,
+    "modules/app/outputs.tf": """
+        output "bucket" {
+          description = "Bucket."
+          value       = aws_s3_bucket.this.id
+        }
+    """,
+}
+
+
+def problems_for(tmp_path, files, tfvars=None):
+    root = make_tree(tmp_path, files)
+    tfvars_path = None
+    if tfvars is not None:
+        tfvars_path = root / "terraform.tfvars.example"
+        tfvars_path.write_text(textwrap.dedent(tfvars))
+    return tfcheck.check_tree(root, tfvars_path)
+
+
+def assert_caught(problems, fragment):
+    assert any(fragment in p for p in problems), f"expected {fragment!r} in {problems}"
+
+
+def test_clean_snippet_passes(tmp_path):
+    files = dict(CLEAN_CHILD)
+    files["main.tf"] = """
+        module "app" {
+          source = "./modules/app"
+          name   = "x"
+        }
+        output "bucket" {
+          description = "b"
+          value       = module.app.bucket
+        }
+    """
+    assert problems_for(tmp_path, files) == []
+
+
+def test_catches_undeclared_variable(tmp_path):
+    files = {"main.tf": 'resource "aws_s3_bucket" "b" { bucket = var.missing }\n'}
+    assert_caught(problems_for(tmp_path, files), "var.missing is used but not declared")
+
+
+def test_catches_unused_variable_even_if_its_own_validation_mentions_it(tmp_path):
+    files = {"variables.tf": """
+        variable "lonely" {
+          description = "Unused."
+          type        = string
+          validation {
+            condition     = length(var.lonely) > 0
+            error_message = "x"
+          }
+        }
+    """}
+    assert_caught(problems_for(tmp_path, files), "variable 'lonely' is declared but never used")
+
+
+def test_catches_reference_to_missing_resource_data_and_local(tmp_path):
+    files = {"main.tf": """
+        locals { used = "x" }
+        resource "aws_s3_bucket" "b" {
+          bucket = "${local.used}-${local.nope}-${aws_kms_key.gone.arn}-${data.aws_region.absent.name}"
+        }
+    """}
+    problems = problems_for(tmp_path, files)
+    assert_caught(problems, "local.nope is referenced but not defined")
+    assert_caught(problems, "aws_kms_key.gone is referenced but not declared")
+    assert_caught(problems, "data.aws_region.absent is referenced but not declared")
+
+
+def test_catches_missing_module_output_and_missing_module(tmp_path):
+    files = dict(CLEAN_CHILD)
+    files["main.tf"] = """
+        module "app" {
+          source = "./modules/app"
+          name   = "x"
+        }
+        output "o" {
+          description = "o"
+          value       = [module.app.no_such_output, module.ghost.id]
+        }
+    """
+    problems = problems_for(tmp_path, files)
+    assert_caught(problems, "module.app.no_such_output is referenced but the module has no such output")
+    assert_caught(problems, "module.ghost is referenced but not called")
+
+
+def test_catches_unknown_and_missing_module_arguments(tmp_path):
+    files = dict(CLEAN_CHILD)
+    files["main.tf"] = """
+        module "app" {
+          source  = "./modules/app"
+          colour  = "blue"
+        }
+    """
+    problems = problems_for(tmp_path, files)
+    assert_caught(problems, "is passed 'colour', which module.app does not declare")
+    assert_caught(problems, "does not pass required variable 'name'")
+
+
+def test_catches_registry_module(tmp_path):
+    files = {"main.tf": """
+        module "vpc" {
+          source  = "terraform-aws-modules/vpc/aws"
+          version = "~> 5.0"
+        }
+    """}
+    assert_caught(problems_for(tmp_path, files), "is not a local module")
+
+
+def test_catches_world_open_ingress_outside_the_alb(tmp_path):
+    files = {
+        "main.tf": """
+            module "service" {
+              source = "./modules/service"
+            }
+        """,
+        "modules/service/main.tf": """
+            resource "aws_security_group" "inline" {
+              ingress {
+                from_port   = 8000
+                to_port     = 8000
+                protocol    = "tcp"
+                cidr_blocks = ["10.0.0.0/8", "0.0.0.0/0"]
+              }
+            }
+            resource "aws_vpc_security_group_ingress_rule" "v6" {
+              security_group_id = aws_security_group.inline.id
+              ip_protocol       = "tcp"
+              from_port         = 80
+              to_port           = 80
+              cidr_ipv6         = "::/0"
+            }
+            resource "aws_security_group_rule" "legacy" {
+              type              = "ingress"
+              security_group_id = aws_security_group.inline.id
+              protocol          = "tcp"
+              from_port         = 22
+              to_port           = 22
+              cidr_blocks       = ["0.0.0.0/0"]
+            }
+            resource "aws_security_group" "dyn" {
+              dynamic "ingress" {
+                for_each = [80]
+                content {
+                  from_port   = ingress.value
+                  to_port     = ingress.value
+                  protocol    = "tcp"
+                  cidr_blocks = ["0.0.0.0/0"]
+                }
+              }
+            }
+        """,
+    }
+    problems = problems_for(tmp_path, files)
+    for address in ("aws_security_group.inline", "aws_vpc_security_group_ingress_rule.v6",
+                    "aws_security_group_rule.legacy", "aws_security_group.dyn"):
+        assert_caught(problems, f"{address} opens ingress to the internet")
+
+
+def test_catches_world_open_ingress_hidden_in_a_variable_default_or_caller(tmp_path):
+    files = {
+        "main.tf": """
+            module "service" {
+              source       = "./modules/service"
+              allowed_cidr = "0.0.0.0/0"
+            }
+        """,
+        "modules/service/variables.tf": """
+            variable "allowed_cidr" {
+              description = "CIDR."
+              type        = string
+              default     = "10.0.0.0/8"
+            }
+            variable "other_cidr" {
+              description = "CIDR."
+              type        = string
+              default     = "::/0"
+            }
+        """,
+        "modules/service/main.tf": """
+            resource "aws_vpc_security_group_ingress_rule" "from_caller" {
+              security_group_id = "sg-1"
+              ip_protocol       = "tcp"
+              from_port         = 80
+              to_port           = 80
+              cidr_ipv4         = var.allowed_cidr
+            }
+            resource "aws_vpc_security_group_ingress_rule" "from_default" {
+              security_group_id = "sg-1"
+              ip_protocol       = "tcp"
+              from_port         = 80
+              to_port           = 80
+              cidr_ipv6         = var.other_cidr
+            }
+        """,
+    }
+    problems = problems_for(tmp_path, files)
+    assert_caught(problems, "aws_vpc_security_group_ingress_rule.from_caller opens ingress to the internet")
+    assert_caught(problems, "aws_vpc_security_group_ingress_rule.from_default opens ingress to the internet")
+
+
+def test_alb_may_open_80_and_443_but_nothing_else(tmp_path):
+    files = {
+        "main.tf": 'module "alb" {\n  source = "./modules/alb"\n}\n',
+        "modules/alb/main.tf": """
+            resource "aws_security_group" "this" {}
+            resource "aws_vpc_security_group_ingress_rule" "https" {
+              security_group_id = aws_security_group.this.id
+              ip_protocol       = "tcp"
+              from_port         = 443
+              to_port           = 443
+              cidr_ipv4         = "0.0.0.0/0"
+            }
+            resource "aws_vpc_security_group_ingress_rule" "ssh" {
+              security_group_id = aws_security_group.this.id
+              ip_protocol       = "tcp"
+              from_port         = 22
+              to_port           = 22
+              cidr_ipv4         = "0.0.0.0/0"
+            }
+        """,
+    }
+    problems = problems_for(tmp_path, files)
+    assert_caught(problems, "aws_vpc_security_group_ingress_rule.ssh opens ports other than 80/443")
+    assert not any(".https" in p for p in problems), problems
+
+
+def test_security_group_source_is_not_world_open(tmp_path):
+    files = {
+        "main.tf": 'module "svc" {\n  source = "./modules/svc"\n}\n',
+        "modules/svc/main.tf": """
+            resource "aws_security_group" "this" {}
+            resource "aws_vpc_security_group_ingress_rule" "from_alb" {
+              security_group_id            = aws_security_group.this.id
+              ip_protocol                  = "tcp"
+              from_port                    = 80
+              to_port                      = 80
+              referenced_security_group_id = "sg-alb"
+            }
+        """,
+    }
+    assert problems_for(tmp_path, files) == []
+
+
+def test_catches_latest_image_tags(tmp_path):
+    files = {
+        "variables.tf": """
+            variable "image_tag" {
+              description = "Tag."
+              type        = string
+              default     = "latest"
+            }
+            variable "proxy_image_tag" {
+              description = "Tag without a guard."
+              type        = string
+              default     = "abc1234"
+            }
+        """,
+        "main.tf": """
+            resource "aws_ecs_task_definition" "t" {
+              family                = "${var.image_tag}-${var.proxy_image_tag}"
+              container_definitions = jsonencode([{ name = "x", image = "nginx:latest" }])
+            }
+        """,
+    }
+    problems = problems_for(tmp_path, files, tfvars='image_tag = "latest"\n')
+    assert_caught(problems, "variable 'image_tag' defaults to 'latest'")
+    assert_caught(problems, "variable 'proxy_image_tag' has no validation refusing 'latest'")
+    assert_caught(problems, "image reference 'nginx:latest' uses the moving tag latest")
+    assert_caught(problems, "tfvars: image_tag = 'latest'")
+
+
+def test_catches_latest_passed_to_a_module(tmp_path):
+    files = {
+        "main.tf": 'module "svc" {\n  source    = "./modules/svc"\n  image_tag = "latest"\n}\n',
+        "modules/svc/variables.tf": """
+            variable "image_tag" {
+              description = "Tag."
+              type        = string
+              validation {
+                condition     = var.image_tag != "latest"
+                error_message = "no latest"
+              }
+            }
+        """,
+        "modules/svc/main.tf": 'resource "aws_ecs_service" "s" {\n  name = var.image_tag\n}\n',
+    }
+    assert_caught(problems_for(tmp_path, files), "module 'svc' is passed image_tag = 'latest'")
+
+
+def test_catches_missing_module_files(tmp_path):
+    root = tmp_path
+    (root / "modules" / "bare").mkdir(parents=True)
+    (root / "modules" / "bare" / "main.tf").write_text("")
+    (root / "main.tf").write_text('module "bare" {\n  source = "./modules/bare"\n}\n')
+    for f in ("variables.tf", "outputs.tf", "versions.tf"):
+        (root / f).write_text("")
+    problems = tfcheck.check_tree(root)
+    assert_caught(problems, "module.bare: missing README.md")
+    assert_caught(problems, "module.bare: missing variables.tf")
+
+
+@pytest.mark.parametrize("text", ["prefix ${var.a} and ${jsonencode({k = \"${var.b}\"})}"])
+def test_expression_spans_are_balanced(text):
+    spans = list(tfcheck.expression_spans(text))
+    assert spans[0] == "var.a"
+    assert "var.b" in spans[1]
