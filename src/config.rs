@@ -1,16 +1,13 @@
 //! Command line and environment: every flag can also be set by the variable named beside it.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "users-api",
-    version,
-    about = "Users service: create and list users over SQLite or PostgreSQL"
-)]
+#[command(name = "users-api", version, about = "Users service: create and list users over SQLite or PostgreSQL")]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -27,6 +24,8 @@ pub enum Command {
     Migrate(DatabaseConfig),
     /// Exit 0 when a running instance answers 200 on /health (for container health checks).
     Healthcheck(HealthcheckConfig),
+    /// Print an HS256 token signed with AUTH_JWT_SECRET (for local use and tests).
+    Token(TokenConfig),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -50,12 +49,7 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Args)]
 pub struct DatabaseConfig {
     /// Store: sqlite://FILE (created on first start) or postgres://USER@HOST:PORT/DB.
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        default_value = "sqlite://users.db",
-        hide_env_values = true
-    )]
+    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://users.db", hide_env_values = true)]
     pub database_url: String,
     /// Password for a PostgreSQL URL given without one (e.g. injected from a secret store).
     #[arg(long, env = "DATABASE_PASSWORD", hide_env_values = true)]
@@ -89,6 +83,100 @@ pub struct ServeConfig {
     /// Skip migrations at start (when `users-api migrate` runs as a separate step).
     #[arg(long, env = "SKIP_MIGRATIONS", default_value_t = false)]
     pub skip_migrations: bool,
+    /// Separate listener for Prometheus `/metrics`, never the public port ("off" disables it).
+    #[arg(long, env = "METRICS_ADDR", default_value = "127.0.0.1:9100")]
+    pub metrics_addr: String,
+
+    #[command(flatten)]
+    pub auth: AuthConfig,
+
+    #[command(flatten)]
+    pub rate_limit: RateLimitConfig,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct AuthConfig {
+    /// HS256 shared secret (at least 32 bytes). Setting it turns authentication on.
+    #[arg(long, env = "AUTH_JWT_SECRET", hide_env_values = true)]
+    pub auth_jwt_secret: Option<String>,
+    /// File holding the HS256 secret (e.g. a mounted secret), instead of AUTH_JWT_SECRET.
+    #[arg(long, env = "AUTH_JWT_SECRET_FILE", conflicts_with = "auth_jwt_secret")]
+    pub auth_jwt_secret_file: Option<PathBuf>,
+    /// JWKS URL for RS256/ES256 tokens (e.g. Cognito's). Setting it turns authentication on.
+    #[arg(long, env = "AUTH_JWKS_URL", conflicts_with_all = ["auth_jwt_secret", "auth_jwt_secret_file"])]
+    pub auth_jwks_url: Option<String>,
+    /// Required `iss` claim (required with a JWKS; optional with a secret).
+    #[arg(long, env = "AUTH_ISSUER")]
+    pub auth_issuer: Option<String>,
+    /// Required `aud` claim (required with a JWKS; optional with a secret).
+    #[arg(long, env = "AUTH_AUDIENCE")]
+    pub auth_audience: Option<String>,
+    /// Clock skew tolerated on exp/nbf, in seconds (0–300).
+    #[arg(long, env = "AUTH_LEEWAY_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=300))]
+    pub auth_leeway_secs: u64,
+}
+
+impl AuthConfig {
+    /// The configured key source; `None` means authentication is off.
+    pub fn key_source(&self) -> anyhow::Result<Option<crate::auth::KeySource>> {
+        use crate::auth::KeySource;
+        if let Some(secret) = &self.auth_jwt_secret {
+            return Ok(Some(KeySource::Secret(secret.as_bytes().to_vec())));
+        }
+        if let Some(path) = &self.auth_jwt_secret_file {
+            let secret = std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("reading AUTH_JWT_SECRET_FILE {}: {e}", path.display()))?;
+            return Ok(Some(KeySource::Secret(secret.trim_end_matches(['\r', '\n']).as_bytes().to_vec())));
+        }
+        Ok(self.auth_jwks_url.clone().map(KeySource::Jwks))
+    }
+
+    pub fn leeway(&self) -> Duration {
+        Duration::from_secs(self.auth_leeway_secs)
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RateLimitConfig {
+    /// Requests per second allowed per client on the users endpoints (0 turns the limit off).
+    #[arg(long, env = "RATE_LIMIT_PER_SECOND", default_value_t = 0)]
+    pub rate_limit_per_second: u32,
+    /// Requests a client may send in a burst above the rate (default: one second's worth).
+    #[arg(long, env = "RATE_LIMIT_BURST")]
+    pub rate_limit_burst: Option<u32>,
+    /// Identify clients by the last X-Forwarded-For hop (only behind a proxy that sets it).
+    #[arg(long, env = "TRUST_FORWARDED_FOR", default_value_t = false)]
+    pub trust_forwarded_for: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TokenConfig {
+    /// Space-separated scopes to grant.
+    #[arg(long, default_value = "users:read users:write")]
+    pub scope: String,
+    /// Lifetime, e.g. 90s, 15m, 1h, 7d.
+    #[arg(long, default_value = "1h", value_parser = parse_ttl)]
+    pub ttl: Duration,
+    /// The token's subject (`sub`).
+    #[arg(long, default_value = "local-user")]
+    pub subject: String,
+    #[command(flatten)]
+    pub auth: AuthConfig,
+}
+
+fn parse_ttl(raw: &str) -> Result<Duration, String> {
+    let raw = raw.trim();
+    let split = raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len());
+    let (digits, unit) = raw.split_at(split);
+    let n: u64 = digits.parse().map_err(|_| format!("{raw:?} is not a duration like 90s, 15m, 1h or 7d"))?;
+    let seconds = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => return Err(format!("unknown unit {unit:?}: use s, m, h or d")),
+    };
+    Ok(Duration::from_secs(seconds))
 }
 
 impl ServeConfig {
@@ -115,6 +203,14 @@ impl ServeConfig {
 
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace_secs)
+    }
+
+    /// The metrics listener address, unless turned off.
+    pub fn metrics_addr(&self) -> anyhow::Result<Option<SocketAddr>> {
+        match self.metrics_addr.trim() {
+            "" | "off" => Ok(None),
+            addr => addr.parse().map(Some).map_err(|e| anyhow::anyhow!("METRICS_ADDR {addr:?}: {e}")),
+        }
     }
 }
 

@@ -19,24 +19,17 @@ pub async fn probe(config: &HealthcheckConfig) -> anyhow::Result<()> {
             format!("http://{addr}/health")
         }
     };
-    let uri: hyper::Uri = url
-        .parse()
-        .with_context(|| format!("invalid URL {url:?}"))?;
-    anyhow::ensure!(
-        uri.scheme_str() == Some("http"),
-        "only http:// URLs can be probed"
-    );
+    let uri: hyper::Uri = url.parse().with_context(|| format!("invalid URL {url:?}"))?;
+    anyhow::ensure!(uri.scheme_str() == Some("http"), "only http:// URLs can be probed");
     let host = uri.host().context("URL has no host")?.to_owned();
     let port = uri.port_u16().unwrap_or(80);
 
     let exchange = async {
         let stream = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
-        let (mut sender, connection) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(connection);
-        let request = Request::get(uri.path())
-            .header(hyper::header::HOST, host.as_str())
-            .body(Empty::<bytes::Bytes>::new())?;
+        let request =
+            Request::get(uri.path()).header(hyper::header::HOST, host.as_str()).body(Empty::<bytes::Bytes>::new())?;
         let response = sender.send_request(request).await?;
         anyhow::Ok(response.status())
     };

@@ -1,5 +1,7 @@
 //! users-api: a users service over SQLite or PostgreSQL.
 
+/// Bearer tokens: verification (HS256 secret or JWKS) and minting.
+pub mod auth;
 /// Command line and environment configuration.
 pub mod config;
 /// Domain types that parse, not validate: names, emails, users.

@@ -1,10 +1,11 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use users_api::config::{Cli, Command, ServeConfig};
+use users_api::auth::{Claims, KeySource};
+use users_api::config::{Cli, Command, ServeConfig, TokenConfig};
 use users_api::server::{Application, shutdown_signal};
 use users_api::store::Store;
-use users_api::{healthcheck, telemetry};
+use users_api::{auth, healthcheck, telemetry};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -19,6 +20,16 @@ async fn main() -> ExitCode {
             }
         },
         Some(Command::Migrate(database)) => migrate(&database).await,
+        Some(Command::Token(config)) => match token(&config) {
+            Ok(token) => {
+                println!("{token}");
+                return ExitCode::SUCCESS;
+            }
+            Err(e) => {
+                eprintln!("cannot mint a token: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        },
         Some(Command::Serve(config)) => serve(*config).await,
         None => match ServeConfig::from_args(["users-api"]) {
             Ok(config) => serve(config).await,
@@ -35,10 +46,7 @@ async fn main() -> ExitCode {
 }
 
 async fn serve(config: ServeConfig) -> anyhow::Result<()> {
-    Application::build(config)
-        .await?
-        .run_until(shutdown_signal())
-        .await
+    Application::build(config).await?.run_until(shutdown_signal()).await
 }
 
 async fn migrate(database: &users_api::config::DatabaseConfig) -> anyhow::Result<()> {
@@ -47,4 +55,25 @@ async fn migrate(database: &users_api::config::DatabaseConfig) -> anyhow::Result
     store.close().await;
     tracing::info!("migrations applied");
     Ok(())
+}
+
+fn token(config: &TokenConfig) -> anyhow::Result<String> {
+    let Some(KeySource::Secret(secret)) = config.auth.key_source()? else {
+        anyhow::bail!("set AUTH_JWT_SECRET or AUTH_JWT_SECRET_FILE: only HS256 tokens can be minted here");
+    };
+    anyhow::ensure!(
+        secret.len() >= auth::MIN_SECRET_BYTES,
+        "the secret must be at least {} bytes",
+        auth::MIN_SECRET_BYTES
+    );
+    let now = auth::now();
+    let claims = Claims {
+        sub: Some(config.subject.clone()),
+        exp: now + config.ttl.as_secs(),
+        iat: Some(now),
+        iss: config.auth.auth_issuer.clone(),
+        aud: config.auth.auth_audience.clone(),
+        scope: config.scope.clone(),
+    };
+    auth::mint(&secret, &claims)
 }

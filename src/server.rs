@@ -7,13 +7,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::Context;
 use tokio::net::TcpListener;
 
+use crate::auth::Authenticator;
 use crate::config::ServeConfig;
-use crate::http::{AppState, HttpLimits, app};
+use crate::http::{AppState, Guards, RateLimiter, app};
 use crate::store::{Store, redact};
 
 pub struct Application {
     listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
     state: Arc<AppState>,
+    authenticator: Option<Arc<Authenticator>>,
     config: ServeConfig,
 }
 
@@ -23,56 +26,86 @@ impl Application {
         let database = &config.database;
         let store = Store::connect(&database.database_url, &database.store_options()).await?;
         if !config.skip_migrations {
-            store
-                .migrate()
-                .await
-                .with_context(|| format!("migrating {}", redact(&database.database_url)))?;
+            store.migrate().await.with_context(|| format!("migrating {}", redact(&database.database_url)))?;
         }
-        let listener = TcpListener::bind(config.bind_addr)
-            .await
-            .with_context(|| format!("binding {}", config.bind_addr))?;
+        let authenticator = match config.auth.key_source()? {
+            Some(source) => {
+                let auth = &config.auth;
+                let authenticator = Authenticator::new(
+                    source,
+                    auth.auth_issuer.as_deref(),
+                    auth.auth_audience.as_deref(),
+                    auth.leeway(),
+                )?;
+                authenticator.warm_up().await;
+                Some(Arc::new(authenticator))
+            }
+            None => None,
+        };
+        let listener =
+            TcpListener::bind(config.bind_addr).await.with_context(|| format!("binding {}", config.bind_addr))?;
+        let metrics_listener = match config.metrics_addr()? {
+            Some(addr) => {
+                crate::telemetry::install_metrics_recorder();
+                Some(TcpListener::bind(addr).await.with_context(|| format!("binding the metrics listener {addr}"))?)
+            }
+            None => None,
+        };
+        let addr = listener.local_addr()?;
         tracing::info!(
-            addr = %listener.local_addr()?,
+            %addr,
+            metrics = ?metrics_listener.as_ref().and_then(|l| l.local_addr().ok()),
             store = store.backend(),
             database = %redact(&database.database_url),
+            auth = authenticator.is_some(),
             "listening"
         );
-        let state = Arc::new(AppState {
-            store,
-            draining: AtomicBool::new(false),
-        });
-        Ok(Self {
-            listener,
-            state,
-            config,
-        })
+        if authenticator.is_none() && !addr.ip().is_loopback() {
+            tracing::warn!(
+                %addr,
+                "AUTHENTICATION IS OFF on a non-loopback address: anyone who reaches this port can read and \
+                 create users. Set AUTH_JWT_SECRET or AUTH_JWKS_URL."
+            );
+        }
+        let state = Arc::new(AppState { store, draining: AtomicBool::new(false) });
+        Ok(Self { listener, metrics_listener, state, authenticator, config })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .expect("a bound listener has an address")
+        self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    /// Where /metrics is served, when the metrics listener is on.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// Serves until `shutdown` resolves, then stops accepting, lets in-flight requests finish
     /// for up to the grace period, and closes the store.
-    pub async fn run_until(
-        self,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> anyhow::Result<()> {
-        let Self {
-            listener,
-            state,
-            config,
-        } = self;
-        let router = app(
-            state.clone(),
-            &HttpLimits {
-                max_in_flight: config.max_in_flight,
-                request_timeout: config.request_timeout(),
-            },
-        );
-        let (signalled_tx, signalled_rx) = tokio::sync::watch::channel(false);
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let Self { listener, metrics_listener, state, authenticator, config } = self;
+        let limits = &config.rate_limit;
+        let guards = Guards {
+            max_in_flight: config.max_in_flight,
+            request_timeout: config.request_timeout(),
+            authenticator,
+            rate_limiter: RateLimiter::new(
+                limits.rate_limit_per_second,
+                limits.rate_limit_burst,
+                limits.trust_forwarded_for,
+            ),
+        };
+        let router = app(state.clone(), guards);
+        if let Some(metrics_listener) = metrics_listener {
+            let metrics = crate::telemetry::metrics_router(state.clone());
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(metrics_listener, metrics).await {
+                    tracing::error!(error = %e, "metrics listener failed");
+                }
+            });
+        }
+
+        let (signalled_tx, mut signalled) = tokio::sync::watch::channel(false);
         let draining_state = state.clone();
         let graceful = async move {
             shutdown.await;
@@ -80,11 +113,10 @@ impl Application {
             tracing::info!("shutdown requested; draining in-flight requests");
             let _ = signalled_tx.send(true);
         };
-        let server =
-            axum::serve(listener, router.into_make_service()).with_graceful_shutdown(graceful);
+        let server = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(graceful);
 
         let grace = config.shutdown_grace();
-        let mut signalled = signalled_rx;
         let deadline = async move {
             let _ = signalled.wait_for(|s| *s).await;
             tokio::time::sleep(grace).await;

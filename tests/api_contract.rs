@@ -28,19 +28,13 @@ on_both_stores!(
 async fn health_answers_ok_without_the_database(app: TestApp) {
     let response = app.get("/health").await;
     assert_eq!(response.status(), 200);
-    assert_eq!(
-        response.json::<serde_json::Value>().await.unwrap(),
-        json!({"status": "ok"})
-    );
+    assert_eq!(response.json::<serde_json::Value>().await.unwrap(), json!({"status": "ok"}));
 }
 
 async fn ready_answers_ok_when_the_database_answers(app: TestApp) {
     let response = app.get("/ready").await;
     assert_eq!(response.status(), 200);
-    assert_eq!(
-        response.json::<serde_json::Value>().await.unwrap(),
-        json!({"status": "ok"})
-    );
+    assert_eq!(response.json::<serde_json::Value>().await.unwrap(), json!({"status": "ok"}));
 }
 
 async fn create_returns_201_with_location_and_the_stored_user(app: TestApp) {
@@ -54,27 +48,15 @@ async fn create_returns_201_with_location_and_the_stored_user(app: TestApp) {
     let id = user["id"].as_i64().expect("integer id");
     assert_eq!(location, format!("/users/{id}"));
     let created_at = user["created_at"].as_str().unwrap();
-    assert!(
-        time::OffsetDateTime::parse(created_at, &time::format_description::well_known::Rfc3339)
-            .is_ok()
-    );
-    assert_eq!(
-        user.as_object().unwrap().len(),
-        4,
-        "exactly id, name, email, created_at: {user}"
-    );
+    assert!(time::OffsetDateTime::parse(created_at, &time::format_description::well_known::Rfc3339).is_ok());
+    assert_eq!(user.as_object().unwrap().len(), 4, "exactly id, name, email, created_at: {user}");
 
     let fetched: serde_json::Value = app.get(&location).await.json().await.unwrap();
     assert_eq!(fetched, user);
 }
 
 async fn create_is_also_served_at_post_users(app: TestApp) {
-    let response = app
-        .post_json(
-            "/users",
-            &json!({"name": "Ada Lovelace", "email": "ada@example.com"}),
-        )
-        .await;
+    let response = app.post_json("/users", &json!({"name": "Ada Lovelace", "email": "ada@example.com"})).await;
     assert_eq!(response.status(), 201);
     assert_eq!(app.all_users().await.len(), 1);
 }
@@ -92,28 +74,15 @@ async fn created_users_are_listed_in_id_order_and_fetchable(app: TestApp) {
     let names: Vec<&str> = users.iter().map(|u| u["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["Ada Lovelace", "Alan Turing", "Grace Hopper"]);
     let ids: Vec<i64> = users.iter().map(|u| u["id"].as_i64().unwrap()).collect();
-    assert!(
-        ids.windows(2).all(|w| w[0] < w[1]),
-        "ordered by id: {ids:?}"
-    );
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "ordered by id: {ids:?}");
     for user in &users {
-        let fetched: serde_json::Value = app
-            .get(&format!("/users/{}", user["id"]))
-            .await
-            .json()
-            .await
-            .unwrap();
+        let fetched: serde_json::Value = app.get(&format!("/users/{}", user["id"])).await.json().await.unwrap();
         assert_eq!(&fetched, user);
     }
 }
 
 async fn create_normalises_the_name_and_lowercases_only_the_email_domain(app: TestApp) {
-    let response = app
-        .create_user(
-            "  Nicc\u{006F}\u{0300}lo    Rossi ",
-            "  M.Rossi@EXAMPLE.It ",
-        )
-        .await;
+    let response = app.create_user("  Nicc\u{006F}\u{0300}lo    Rossi ", "  M.Rossi@EXAMPLE.It ").await;
     assert_eq!(response.status(), 201);
     let user: serde_json::Value = response.json().await.unwrap();
     assert_eq!(user["name"], "Niccòlo Rossi");
@@ -121,91 +90,38 @@ async fn create_normalises_the_name_and_lowercases_only_the_email_domain(app: Te
 }
 
 async fn create_returns_400_for_a_duplicate_email_in_any_case(app: TestApp) {
-    assert_eq!(
-        app.create_user("Mario Rossi", "M.Rossi@X.it")
-            .await
-            .status(),
-        201
-    );
-    for duplicate in [
-        "M.Rossi@X.it",
-        "m.rossi@x.it",
-        "M.ROSSI@X.IT",
-        "  m.Rossi@x.iT  ",
-    ] {
-        let body = expect_problem(
-            app.create_user("Other Person", duplicate).await,
-            400,
-            "email_taken",
-        )
-        .await;
+    assert_eq!(app.create_user("Mario Rossi", "M.Rossi@X.it").await.status(), 201);
+    for duplicate in ["M.Rossi@X.it", "m.rossi@x.it", "M.ROSSI@X.IT", "  m.Rossi@x.iT  "] {
+        let body = expect_problem(app.create_user("Other Person", duplicate).await, 400, "email_taken").await;
         assert!(body["detail"].as_str().unwrap().contains("already exists"));
     }
     let users = app.all_users().await;
-    assert_eq!(
-        users.len(),
-        1,
-        "a rejected duplicate leaves the data untouched"
-    );
+    assert_eq!(users.len(), 1, "a rejected duplicate leaves the data untouched");
     assert_eq!(users[0]["name"], "Mario Rossi");
 }
 
 async fn create_returns_400_listing_every_invalid_field(app: TestApp) {
     let cases = [
-        (
-            json!({"name": "Al", "email": "al@example.com"}),
-            vec!["name"],
-        ),
-        (
-            json!({"name": "R2D2 Robot", "email": "r2@example.com"}),
-            vec!["name"],
-        ),
-        (
-            json!({"name": "Bob\tSmith", "email": "bob@example.com"}),
-            vec!["name"],
-        ),
-        (
-            json!({"name": "Eve\u{202E}lyn", "email": "eve@example.com"}),
-            vec!["name"],
-        ),
-        (
-            json!({"name": "x".repeat(51), "email": "long@example.com"}),
-            vec!["name"],
-        ),
-        (
-            json!({"name": "Valid Name", "email": "not-an-email"}),
-            vec!["email"],
-        ),
-        (
-            json!({"name": "Valid Name", "email": "a..b@example.com"}),
-            vec!["email"],
-        ),
-        (
-            json!({"name": "Valid Name", "email": "user@localhost"}),
-            vec!["email"],
-        ),
-        (
-            json!({"name": "Valid Name", "email": format!("{}@example.com", "a".repeat(65))}),
-            vec!["email"],
-        ),
+        (json!({"name": "Al", "email": "al@example.com"}), vec!["name"]),
+        (json!({"name": "R2D2 Robot", "email": "r2@example.com"}), vec!["name"]),
+        (json!({"name": "Bob\tSmith", "email": "bob@example.com"}), vec!["name"]),
+        (json!({"name": "Eve\u{202E}lyn", "email": "eve@example.com"}), vec!["name"]),
+        (json!({"name": "x".repeat(51), "email": "long@example.com"}), vec!["name"]),
+        (json!({"name": "Valid Name", "email": "not-an-email"}), vec!["email"]),
+        (json!({"name": "Valid Name", "email": "a..b@example.com"}), vec!["email"]),
+        (json!({"name": "Valid Name", "email": "user@localhost"}), vec!["email"]),
+        (json!({"name": "Valid Name", "email": format!("{}@example.com", "a".repeat(65))}), vec!["email"]),
         (json!({"name": "!!", "email": "@"}), vec!["name", "email"]),
         (json!({"email": "x@example.com"}), vec!["name"]),
         (json!({"name": "Valid Name"}), vec!["email"]),
         (json!({}), vec!["name", "email"]),
-        (
-            json!({"name": 42, "email": ["a@b.co"]}),
-            vec!["name", "email"],
-        ),
-        (
-            json!({"name": null, "email": "x@example.com"}),
-            vec!["name"],
-        ),
+        (json!({"name": 42, "email": ["a@b.co"]}), vec!["name", "email"]),
+        (json!({"name": null, "email": "x@example.com"}), vec!["name"]),
         (json!(["Valid Name", "x@example.com"]), vec!["body"]),
         (json!("just a string"), vec!["body"]),
     ];
     for (body, fields) in cases {
-        let problem =
-            expect_problem(app.post_json("/user", &body).await, 400, "invalid_field").await;
+        let problem = expect_problem(app.post_json("/user", &body).await, 400, "invalid_field").await;
         let reported: Vec<&str> = problem["errors"]
             .as_array()
             .unwrap_or_else(|| panic!("errors array for {body}: {problem}"))
@@ -217,52 +133,25 @@ async fn create_returns_400_listing_every_invalid_field(app: TestApp) {
             .collect();
         assert_eq!(reported, fields, "{body}");
     }
-    assert!(
-        app.all_users().await.is_empty(),
-        "nothing invalid was stored"
-    );
+    assert!(app.all_users().await.is_empty(), "nothing invalid was stored");
 }
 
 async fn create_returns_400_for_malformed_empty_or_wrongly_typed_json(app: TestApp) {
-    for body in [
-        "",
-        "   ",
-        "{",
-        "{\"name\": \"Ada\",}",
-        "nul",
-        "{\"name\":\"Ada Lovelace\" \"email\":\"a@b.co\"}",
-    ] {
-        expect_problem(
-            app.post_raw("/user", Some("application/json"), body).await,
-            400,
-            "malformed_json",
-        )
-        .await;
+    for body in ["", "   ", "{", "{\"name\": \"Ada\",}", "nul", "{\"name\":\"Ada Lovelace\" \"email\":\"a@b.co\"}"] {
+        expect_problem(app.post_raw("/user", Some("application/json"), body).await, 400, "malformed_json").await;
     }
     let invalid_utf8 = vec![b'{', b'"', 0xff, 0xfe, b'"', b':', b'1', b'}'];
-    expect_problem(
-        app.post_raw("/user", Some("application/json"), invalid_utf8)
-            .await,
-        400,
-        "malformed_json",
-    )
-    .await;
+    expect_problem(app.post_raw("/user", Some("application/json"), invalid_utf8).await, 400, "malformed_json").await;
     assert!(app.all_users().await.is_empty());
 }
 
 async fn create_returns_413_for_a_body_over_64_kib(app: TestApp) {
     let padding = "a".repeat(64 * 1024);
     let body = json!({"name": "Ada Lovelace", "email": "ada@example.com", "padding": padding});
-    expect_problem(
-        app.post_json("/user", &body).await,
-        413,
-        "payload_too_large",
-    )
-    .await;
+    expect_problem(app.post_json("/user", &body).await, 413, "payload_too_large").await;
 
     // Without a Content-Length (chunked), the limit still holds while reading.
-    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
-        (0..80).map(|_| Ok(vec![b' '; 1024])).collect();
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = (0..80).map(|_| Ok(vec![b' '; 1024])).collect();
     let stream = futures_util::stream::iter(chunks);
     let response = app
         .client
@@ -278,38 +167,19 @@ async fn create_returns_413_for_a_body_over_64_kib(app: TestApp) {
 
 async fn create_returns_415_for_a_non_json_content_type(app: TestApp) {
     let valid = r#"{"name":"Ada Lovelace","email":"ada@example.com"}"#;
-    for content_type in [
-        Some("text/plain"),
-        Some("application/x-www-form-urlencoded"),
-        Some("multipart/form-data"),
-        None,
-    ] {
-        expect_problem(
-            app.post_raw("/user", content_type, valid).await,
-            415,
-            "unsupported_media_type",
-        )
-        .await;
+    for content_type in
+        [Some("text/plain"), Some("application/x-www-form-urlencoded"), Some("multipart/form-data"), None]
+    {
+        expect_problem(app.post_raw("/user", content_type, valid).await, 415, "unsupported_media_type").await;
     }
-    assert_eq!(
-        app.post_raw("/user", Some("application/json; charset=utf-8"), valid)
-            .await
-            .status(),
-        201
-    );
+    assert_eq!(app.post_raw("/user", Some("application/json; charset=utf-8"), valid).await.status(), 201);
 }
 
 async fn unknown_paths_and_methods_are_404_and_405_problems(app: TestApp) {
     expect_problem(app.get("/nope").await, 404, "not_found").await;
     expect_problem(app.get("/users/1/extra").await, 404, "not_found").await;
     let response = app.client.delete(app.url("/users")).send().await.unwrap();
-    let allow = response
-        .headers()
-        .get("allow")
-        .expect("Allow header")
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let allow = response.headers().get("allow").expect("Allow header").to_str().unwrap().to_owned();
     assert!(allow.contains("GET") && allow.contains("POST"), "{allow}");
     expect_problem(response, 405, "method_not_allowed").await;
     let response = app.client.put(app.url("/user")).send().await.unwrap();
@@ -319,26 +189,14 @@ async fn unknown_paths_and_methods_are_404_and_405_problems(app: TestApp) {
 }
 
 async fn get_user_returns_404_for_unknown_or_malformed_ids(app: TestApp) {
-    for path in [
-        "/users/1",
-        "/users/0",
-        "/users/-1",
-        "/users/abc",
-        "/users/99999999999999999999",
-        "/users/1.5",
-    ] {
+    for path in ["/users/1", "/users/0", "/users/-1", "/users/abc", "/users/99999999999999999999", "/users/1.5"] {
         expect_problem(app.get(path).await, 404, "not_found").await;
     }
 }
 
 async fn list_pages_by_key_with_a_next_link(app: TestApp) {
     for i in 0..7 {
-        assert_eq!(
-            app.create_user("Page Person", &format!("p{i}@example.com"))
-                .await
-                .status(),
-            201
-        );
+        assert_eq!(app.create_user("Page Person", &format!("p{i}@example.com")).await.status(), 201);
     }
     let all = app.all_users().await;
     let mut collected = Vec::new();
@@ -365,10 +223,7 @@ async fn list_pages_by_key_with_a_next_link(app: TestApp) {
     let last_id = all.last().unwrap()["id"].as_i64().unwrap();
     let response = app.get(&format!("/users?after={last_id}")).await;
     assert!(response.headers().get("link").is_none());
-    assert_eq!(
-        response.json::<Vec<serde_json::Value>>().await.unwrap(),
-        Vec::<serde_json::Value>::new()
-    );
+    assert_eq!(response.json::<Vec<serde_json::Value>>().await.unwrap(), Vec::<serde_json::Value>::new());
     // An exact fit has no next link.
     let response = app.get("/users?limit=7").await;
     assert!(response.headers().get("link").is_none());
@@ -386,42 +241,22 @@ async fn list_returns_400_for_a_bad_limit_or_after(app: TestApp) {
         "limit=2&after=1.5",
         "limit=1&limit=2",
     ] {
-        expect_problem(
-            app.get(&format!("/users?{query}")).await,
-            400,
-            "invalid_query",
-        )
-        .await;
+        expect_problem(app.get(&format!("/users?{query}")).await, 400, "invalid_query").await;
     }
     assert_eq!(app.get("/users?limit=1000").await.status(), 200);
     assert_eq!(app.get("/users?unrelated=1").await.status(), 200);
 }
 
 async fn request_ids_are_echoed_or_generated(app: TestApp) {
-    let response = app
-        .client
-        .get(app.url("/health"))
-        .header("x-request-id", "trace-abc-123")
-        .send()
-        .await
-        .unwrap();
+    let response = app.client.get(app.url("/health")).header("x-request-id", "trace-abc-123").send().await.unwrap();
     assert_eq!(response.headers()["x-request-id"], "trace-abc-123");
 
-    let generated = app.get("/health").await.headers()["x-request-id"]
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let generated = app.get("/health").await.headers()["x-request-id"].to_str().unwrap().to_owned();
     assert!(uuid::Uuid::parse_str(&generated).is_ok(), "{generated}");
 
     // An unreasonable id (too long for a log line) is replaced, not echoed.
     let long = "x".repeat(500);
-    let response = app
-        .client
-        .get(app.url("/health"))
-        .header("x-request-id", &long)
-        .send()
-        .await
-        .unwrap();
+    let response = app.client.get(app.url("/health")).header("x-request-id", &long).send().await.unwrap();
     assert_ne!(response.headers()["x-request-id"], long.as_str());
 }
 
@@ -440,6 +275,8 @@ async fn postgres_unreachable_gives_503_with_retry_after_quickly() {
         "--database-url",
         "postgres://postgres@127.0.0.1:1/test",
         "--skip-migrations",
+        "--metrics-addr",
+        "off",
         "--database-timeout-secs",
         "1",
     ]);
@@ -448,22 +285,12 @@ async fn postgres_unreachable_gives_503_with_retry_after_quickly() {
     let response = app.create_user("Ada Lovelace", "ada@example.com").await;
     assert!(response.headers().contains_key("retry-after"));
     let body = expect_problem(response, 503, "service_unavailable").await;
-    assert!(
-        !body["detail"].as_str().unwrap().contains("127.0.0.1"),
-        "no internals leak: {body}"
-    );
+    assert!(!body["detail"].as_str().unwrap().contains("127.0.0.1"), "no internals leak: {body}");
     for path in ["/users", "/users/1", "/users?limit=5", "/ready"] {
         expect_problem(app.get(path).await, 503, "service_unavailable").await;
     }
-    assert!(
-        started.elapsed() < std::time::Duration::from_secs(10),
-        "503s come quickly, not after a hang"
-    );
-    assert_eq!(
-        app.get("/health").await.status(),
-        200,
-        "liveness does not depend on the database"
-    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(10), "503s come quickly, not after a hang");
+    assert_eq!(app.get("/health").await.status(), 200, "liveness does not depend on the database");
 }
 
 #[tokio::test]
@@ -478,9 +305,6 @@ async fn an_unexpected_failure_is_a_generic_500_that_leaks_nothing() {
     let response = app.create_user("Ada Lovelace", "ada@example.com").await;
     let body = expect_problem(response, 500, "internal_error").await;
     let text = body.to_string();
-    assert!(
-        !text.contains("users") && !text.contains("table") && !text.contains("sqlite"),
-        "{text}"
-    );
+    assert!(!text.contains("users") && !text.contains("table") && !text.contains("sqlite"), "{text}");
     assert_eq!(body["detail"], "an unexpected error occurred");
 }

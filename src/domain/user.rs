@@ -10,11 +10,12 @@ pub struct NewUser {
 }
 
 /// A stored user as the API returns it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct User {
     pub id: i64,
     pub name: String,
     pub email: String,
     /// RFC 3339, UTC, microsecond precision.
+    #[schema(format = DateTime)]
     pub created_at: String,
 }

@@ -5,11 +5,12 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use super::request_id;
+use crate::auth::AuthError;
 use crate::store::StoreError;
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct FieldError {
     pub field: String,
     pub message: String,
@@ -17,10 +18,7 @@ pub struct FieldError {
 
 impl FieldError {
     pub fn new(field: &str, message: impl Into<String>) -> Self {
-        Self {
-            field: field.to_owned(),
-            message: message.into(),
-        }
+        Self { field: field.to_owned(), message: message.into() }
     }
 }
 
@@ -46,6 +44,12 @@ pub enum ApiError {
     Unavailable { retry_after_secs: u32 },
     #[error("the request took too long to process")]
     Timeout,
+    #[error("{0}")]
+    Unauthorized(AuthError),
+    #[error("this operation needs the scope {scope}")]
+    Forbidden { scope: &'static str },
+    #[error("too many requests; retry after {retry_after_secs} s")]
+    RateLimited { retry_after_secs: u64 },
     #[error("an unexpected error occurred")]
     Internal(#[source] anyhow::Error),
 }
@@ -67,16 +71,19 @@ struct Problem<'a> {
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::MalformedJson(_)
-            | Self::InvalidFields(_)
-            | Self::InvalidQuery(_)
-            | Self::EmailTaken => StatusCode::BAD_REQUEST,
+            Self::MalformedJson(_) | Self::InvalidFields(_) | Self::InvalidQuery(_) | Self::EmailTaken => {
+                StatusCode::BAD_REQUEST
+            }
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Unavailable { .. } | Self::Timeout => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Unauthorized(AuthError::KeysUnavailable) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden { .. } => StatusCode::FORBIDDEN,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -94,6 +101,10 @@ impl ApiError {
             Self::Unavailable { .. } => "service_unavailable",
             Self::Timeout => "timeout",
             Self::Internal(_) => "internal_error",
+            Self::Unauthorized(AuthError::KeysUnavailable) => "service_unavailable",
+            Self::Unauthorized(_) => "unauthorized",
+            Self::Forbidden { .. } => "insufficient_scope",
+            Self::RateLimited { .. } => "rate_limited",
         }
     }
 
@@ -110,6 +121,10 @@ impl ApiError {
             Self::Unavailable { .. } => "Service unavailable",
             Self::Timeout => "Request timed out",
             Self::Internal(_) => "Internal server error",
+            Self::Unauthorized(AuthError::KeysUnavailable) => "Service unavailable",
+            Self::Unauthorized(_) => "Unauthorized",
+            Self::Forbidden { .. } => "Forbidden",
+            Self::RateLimited { .. } => "Too many requests",
         }
     }
 }
@@ -120,15 +135,11 @@ impl From<StoreError> for ApiError {
             StoreError::EmailTaken => Self::EmailTaken,
             StoreError::Unavailable(reason) => {
                 tracing::warn!(%reason, "database unavailable");
-                Self::Unavailable {
-                    retry_after_secs: 1,
-                }
+                Self::Unavailable { retry_after_secs: 1 }
             }
             StoreError::Overloaded => {
                 tracing::warn!("write queue full; shedding load");
-                Self::Unavailable {
-                    retry_after_secs: 1,
-                }
+                Self::Unavailable { retry_after_secs: 1 }
             }
             StoreError::Internal(e) => Self::Internal(e),
         }
@@ -158,16 +169,10 @@ impl IntoResponse for ApiError {
             request_id,
         };
         let body = serde_json::to_vec(&problem).unwrap_or_else(|_| b"{}".to_vec());
-        let mut response = (
-            status,
-            [(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON))],
-            body,
-        )
-            .into_response();
+        let mut response =
+            (status, [(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON))], body).into_response();
         if let Self::Unavailable { retry_after_secs } = self {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
         }
         response
     }

@@ -25,9 +25,7 @@ impl<S: Send + Sync> FromRequest<S> for NewUserJson {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared_length.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
-            return Err(ApiError::PayloadTooLarge {
-                limit: MAX_BODY_BYTES,
-            });
+            return Err(ApiError::PayloadTooLarge { limit: MAX_BODY_BYTES });
         }
         if !is_json(request.headers().get(header::CONTENT_TYPE)) {
             return Err(ApiError::UnsupportedMediaType);
@@ -42,12 +40,7 @@ fn is_json(content_type: Option<&header::HeaderValue>) -> bool {
     let Some(value) = content_type.and_then(|v| v.to_str().ok()) else {
         return false;
     };
-    let essence = value
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+    let essence = value.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     match essence.split_once('/') {
         Some(("application", subtype)) => subtype == "json" || subtype.ends_with("+json"),
         _ => false,
@@ -58,13 +51,9 @@ async fn read_limited(body: Body) -> Result<bytes::Bytes, ApiError> {
     match Limited::new(body, MAX_BODY_BYTES).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            Err(ApiError::PayloadTooLarge {
-                limit: MAX_BODY_BYTES,
-            })
+            Err(ApiError::PayloadTooLarge { limit: MAX_BODY_BYTES })
         }
-        Err(_) => Err(ApiError::MalformedJson(
-            "the request body could not be read".into(),
-        )),
+        Err(_) => Err(ApiError::MalformedJson("the request body could not be read".into())),
     }
 }
 
@@ -73,26 +62,16 @@ pub fn parse_new_user(bytes: &[u8]) -> Result<NewUser, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::MalformedJson("the request body is empty".into()));
     }
-    let value: Value =
-        serde_json::from_slice(bytes).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
+    let value: Value = serde_json::from_slice(bytes).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
     let Value::Object(object) = value else {
-        return Err(ApiError::InvalidFields(vec![FieldError::new(
-            "body",
-            "must be a JSON object",
-        )]));
+        return Err(ApiError::InvalidFields(vec![FieldError::new("body", "must be a JSON object")]));
     };
 
     let mut errors = Vec::new();
-    let name = string_field(&object, "name", &mut errors).and_then(|raw| {
-        UserName::parse(raw)
-            .map_err(|e| errors.push(FieldError::new("name", e.to_string())))
-            .ok()
-    });
-    let email = string_field(&object, "email", &mut errors).and_then(|raw| {
-        Email::parse(raw)
-            .map_err(|e| errors.push(FieldError::new("email", e.to_string())))
-            .ok()
-    });
+    let name = string_field(&object, "name", &mut errors)
+        .and_then(|raw| UserName::parse(raw).map_err(|e| errors.push(FieldError::new("name", e.to_string()))).ok());
+    let email = string_field(&object, "email", &mut errors)
+        .and_then(|raw| Email::parse(raw).map_err(|e| errors.push(FieldError::new("email", e.to_string()))).ok());
     match (name, email) {
         (Some(name), Some(email)) => Ok(NewUser { name, email }),
         _ => Err(ApiError::InvalidFields(errors)),
@@ -131,44 +110,23 @@ mod tests {
 
     #[test]
     fn accepts_a_valid_body_and_ignores_unknown_fields() {
-        let user =
-            parse_new_user(br#"{"name":"Ada Lovelace","email":"ada@Example.com","admin":true}"#)
-                .unwrap();
+        let user = parse_new_user(br#"{"name":"Ada Lovelace","email":"ada@Example.com","admin":true}"#).unwrap();
         assert_eq!(user.name.as_str(), "Ada Lovelace");
         assert_eq!(user.email.as_str(), "ada@example.com");
     }
 
     #[test]
     fn reports_every_invalid_field() {
-        assert_eq!(
-            fields(parse_new_user(br#"{}"#).unwrap_err()),
-            ["name", "email"]
-        );
-        assert_eq!(
-            fields(parse_new_user(br#"{"name":1,"email":null}"#).unwrap_err()),
-            ["name", "email"]
-        );
-        assert_eq!(
-            fields(parse_new_user(br#"{"name":"Al","email":"x@y.z"}"#).unwrap_err()),
-            ["name"]
-        );
+        assert_eq!(fields(parse_new_user(br#"{}"#).unwrap_err()), ["name", "email"]);
+        assert_eq!(fields(parse_new_user(br#"{"name":1,"email":null}"#).unwrap_err()), ["name", "email"]);
+        assert_eq!(fields(parse_new_user(br#"{"name":"Al","email":"x@y.z"}"#).unwrap_err()), ["name"]);
         assert_eq!(fields(parse_new_user(br#"[1,2]"#).unwrap_err()), ["body"]);
     }
 
     #[test]
     fn malformed_and_empty_bodies_are_malformed_json() {
-        for body in [
-            &b""[..],
-            b"  ",
-            b"{",
-            b"{\"name\":}",
-            b"\xff\xfe",
-            b"null x",
-        ] {
-            assert!(
-                matches!(parse_new_user(body), Err(ApiError::MalformedJson(_))),
-                "{body:?}"
-            );
+        for body in [&b""[..], b"  ", b"{", b"{\"name\":}", b"\xff\xfe", b"null x"] {
+            assert!(matches!(parse_new_user(body), Err(ApiError::MalformedJson(_))), "{body:?}");
         }
     }
 

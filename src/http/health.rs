@@ -12,22 +12,23 @@ use super::AppState;
 use super::error::ApiError;
 
 pub fn router() -> Router<Arc<AppState>> {
-    Router::new()
-        .route("/health", get(health))
-        .route("/ready", get(ready))
+    Router::new().route("/health", get(health)).route("/ready", get(ready))
 }
 
 /// Liveness: the process serves HTTP. No database call.
-async fn health() -> Json<Value> {
+#[utoipa::path(get, path = "/health", tag = "probes", responses((status = 200, description = "Alive", body = super::openapi::Status)))]
+pub(super) async fn health() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
 /// Readiness: the database answers, and the instance is not draining.
-async fn ready(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
+#[utoipa::path(get, path = "/ready", tag = "probes", responses(
+    (status = 200, description = "Ready", body = super::openapi::Status),
+    (status = 503, description = "Database unavailable or draining", body = super::openapi::Problem, content_type = "application/problem+json"),
+))]
+pub(super) async fn ready(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
     if state.draining.load(Ordering::Relaxed) {
-        return Err(ApiError::Unavailable {
-            retry_after_secs: 5,
-        });
+        return Err(ApiError::Unavailable { retry_after_secs: 5 });
     }
     state.store.ping().await?;
     Ok(Json(json!({"status": "ok"})))

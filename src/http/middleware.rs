@@ -22,18 +22,13 @@ pub async fn observe(State(limits): State<Arc<Limits>>, request: Request, next: 
     let started = Instant::now();
     let id = request_id::from_request(&request);
     let method = request.method().clone();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let route =
+        request.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
 
     let mut response = request_id::scope(id.clone(), async {
         // Back-pressure: beyond capacity answer at once rather than queue without bound.
         let Ok(_permit) = limits.in_flight.try_acquire() else {
-            return ApiError::Unavailable {
-                retry_after_secs: 1,
-            }
-            .into_response();
+            return ApiError::Unavailable { retry_after_secs: 1 }.into_response();
         };
         let _in_flight = crate::telemetry::InFlightGuard::enter();
         let response = match tokio::time::timeout(limits.request_timeout, next.run(request)).await {
@@ -44,9 +39,7 @@ pub async fn observe(State(limits): State<Arc<Limits>>, request: Request, next: 
     })
     .await;
 
-    response
-        .headers_mut()
-        .insert(&X_REQUEST_ID, request_id::header_value(&id));
+    response.headers_mut().insert(&X_REQUEST_ID, request_id::header_value(&id));
     let status = response.status().as_u16();
     let latency = started.elapsed();
     crate::telemetry::record_request(method.as_str(), &route, status, latency);
@@ -64,10 +57,8 @@ pub async fn observe(State(limits): State<Arc<Limits>>, request: Request, next: 
 
 /// Gives the router's own 404/405 answers the contract's problem+json shape (keeping `Allow`).
 fn as_problem(response: Response) -> Response {
-    let is_problem = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(PROBLEM_JSON.as_bytes()));
+    let is_problem =
+        response.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(PROBLEM_JSON.as_bytes()));
     if is_problem {
         return response;
     }

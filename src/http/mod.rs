@@ -1,9 +1,12 @@
 //! HTTP layer: routes per resource, merged here, behind one observing middleware.
 
+mod auth;
 pub mod error;
 pub mod extract;
 mod health;
 mod middleware;
+mod openapi;
+mod rate_limit;
 pub mod request_id;
 mod users;
 
@@ -14,9 +17,13 @@ use std::time::Duration;
 use axum::Router;
 use axum::response::IntoResponse;
 use tower_http::catch_panic::CatchPanicLayer;
+use utoipa_swagger_ui::SwaggerUi;
 
+pub use openapi::document as openapi_document;
+pub use rate_limit::RateLimiter;
 pub use users::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 
+use crate::auth::Authenticator;
 use crate::store::Store;
 use error::ApiError;
 
@@ -26,26 +33,39 @@ pub struct AppState {
     pub draining: AtomicBool,
 }
 
-pub struct HttpLimits {
+/// What stands between a client and the users routes.
+pub struct Guards {
     pub max_in_flight: usize,
     pub request_timeout: Duration,
+    /// `None`: no authentication.
+    pub authenticator: Option<Arc<Authenticator>>,
+    /// `None`: no per-client rate limit.
+    pub rate_limiter: Option<Arc<RateLimiter>>,
 }
 
-pub fn app(state: Arc<AppState>, limits: &HttpLimits) -> Router {
+pub fn app(state: Arc<AppState>, guards: Guards) -> Router {
     let limits = Arc::new(middleware::Limits {
-        in_flight: tokio::sync::Semaphore::new(limits.max_in_flight),
-        request_timeout: limits.request_timeout,
+        in_flight: tokio::sync::Semaphore::new(guards.max_in_flight),
+        request_timeout: guards.request_timeout,
     });
+
+    let mut users = users::router();
+    if let Some(authenticator) = &guards.authenticator {
+        users = users.route_layer(axum::middleware::from_fn_with_state(authenticator.clone(), auth::require_scope));
+    }
+    // Outside authentication, so that guessing tokens is rate limited too.
+    if let Some(limiter) = &guards.rate_limiter {
+        users = users.route_layer(axum::middleware::from_fn_with_state(limiter.clone(), rate_limit::limit));
+    }
+
+    let docs = SwaggerUi::new("/docs").url("/openapi.json", openapi::document(guards.authenticator.is_some()));
+
     Router::new()
         .merge(health::router())
-        .merge(users::router())
-        .fallback(|| async { ApiError::NotFound("no resource at this path") })
+        .merge(users)
         .with_state(state)
-        .layer(CatchPanicLayer::custom(|_| {
-            ApiError::Internal(anyhow::anyhow!("handler panicked")).into_response()
-        }))
-        .layer(axum::middleware::from_fn_with_state(
-            limits,
-            middleware::observe,
-        ))
+        .merge(docs)
+        .fallback(|| async { ApiError::NotFound("no resource at this path") })
+        .layer(CatchPanicLayer::custom(|_| ApiError::Internal(anyhow::anyhow!("handler panicked")).into_response()))
+        .layer(axum::middleware::from_fn_with_state(limits, middleware::observe))
 }

@@ -16,6 +16,7 @@ use serde::Deserialize;
 use super::AppState;
 use super::error::{ApiError, FieldError};
 use super::extract::NewUserJson;
+use crate::domain::User;
 use crate::store::StoreError;
 
 /// Largest page `?limit=` may ask for.
@@ -32,22 +33,49 @@ pub fn router() -> Router<Arc<AppState>> {
         .route("/users/{id}", get(get_user))
 }
 
-async fn create_user(
+#[utoipa::path(
+    post,
+    path = "/user",
+    tag = "users",
+    request_body(content = super::openapi::NewUserRequest, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Created", body = User,
+            headers(("Location" = String, description = "/users/{id} of the new user"))),
+        (status = 400, description = "Invalid field, malformed JSON, or email_taken", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid bearer token", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Token lacks users:write", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over 64 KiB", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Content type is not JSON", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Database unavailable or overloaded", body = super::openapi::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = ["users:write"]))
+)]
+pub(super) async fn create_user(
     State(state): State<Arc<AppState>>,
     NewUserJson(new_user): NewUserJson,
 ) -> Result<Response, ApiError> {
     let user = state.store.create(new_user).await?;
-    let location =
-        HeaderValue::from_str(&format!("/users/{}", user.id)).expect("an id is a valid header");
-    Ok((
-        StatusCode::CREATED,
-        [(header::LOCATION, location)],
-        json(&user),
-    )
-        .into_response())
+    let location = HeaderValue::from_str(&format!("/users/{}", user.id)).expect("an id is a valid header");
+    Ok((StatusCode::CREATED, [(header::LOCATION, location)], json(&user)).into_response())
 }
 
-async fn get_user(
+#[utoipa::path(
+    get,
+    path = "/users/{id}",
+    tag = "users",
+    params(("id" = String, Path, description = "User id (a positive integer); anything else is 404")),
+    responses(
+        (status = 200, description = "The user", body = User),
+        (status = 401, description = "Missing or invalid bearer token", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Token lacks users:read", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such user", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Database unavailable", body = super::openapi::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = ["users:read"]))
+)]
+pub(super) async fn get_user(
     State(state): State<Arc<AppState>>,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
@@ -65,40 +93,51 @@ async fn get_user(
 }
 
 #[derive(Deserialize)]
-struct ListParams {
+pub(super) struct ListParams {
     limit: Option<String>,
     after: Option<String>,
 }
 
-async fn list_users(
+#[utoipa::path(
+    get,
+    path = "/users",
+    tag = "users",
+    params(
+        ("limit" = Option<String>, Query, description = "Page size, 1–1000 (default 100 when `after` is given). Without limit and after, the whole list is streamed."),
+        ("after" = Option<String>, Query, description = "Return users with id greater than this (keyset paging)."),
+    ),
+    responses(
+        (status = 200, description = "Users ordered by id", body = Vec<User>,
+            headers(("Link" = String, description = "<…>; rel=\"next\" while more pages remain"))),
+        (status = 400, description = "Bad limit or after", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid bearer token", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Token lacks users:read", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Database unavailable", body = super::openapi::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = ["users:read"]))
+)]
+pub(super) async fn list_users(
     State(state): State<Arc<AppState>>,
     params: Result<Query<ListParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let Query(params) = params
-        .map_err(|e| ApiError::InvalidQuery(vec![FieldError::new("query", e.body_text())]))?;
+    let Query(params) = params.map_err(|e| ApiError::InvalidQuery(vec![FieldError::new("query", e.body_text())]))?;
     if params.limit.is_none() && params.after.is_none() {
         return stream_all(&state).await;
     }
     let limit = match params.limit.as_deref() {
         None => DEFAULT_PAGE_SIZE,
-        Some(raw) => raw
-            .parse::<u32>()
-            .ok()
-            .filter(|n| (1..=MAX_PAGE_SIZE).contains(n))
-            .ok_or_else(|| {
-                ApiError::InvalidQuery(vec![FieldError::new(
-                    "limit",
-                    format!("must be an integer from 1 to {MAX_PAGE_SIZE}"),
-                )])
-            })?,
+        Some(raw) => raw.parse::<u32>().ok().filter(|n| (1..=MAX_PAGE_SIZE).contains(n)).ok_or_else(|| {
+            ApiError::InvalidQuery(vec![FieldError::new(
+                "limit",
+                format!("must be an integer from 1 to {MAX_PAGE_SIZE}"),
+            )])
+        })?,
     };
     let after = match params.after.as_deref() {
         None => 0,
         Some(raw) => raw.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
-            ApiError::InvalidQuery(vec![FieldError::new(
-                "after",
-                "must be a non-negative integer (a user id)",
-            )])
+            ApiError::InvalidQuery(vec![FieldError::new("after", "must be a non-negative integer (a user id)")])
         })?,
     };
 
@@ -109,10 +148,7 @@ async fn list_users(
     let mut response = json(&users);
     if more && let Some(last) = users.last() {
         let link = format!("</users?limit={limit}&after={}>; rel=\"next\"", last.id);
-        response.headers_mut().insert(
-            header::LINK,
-            HeaderValue::from_str(&link).expect("ascii link"),
-        );
+        response.headers_mut().insert(header::LINK, HeaderValue::from_str(&link).expect("ascii link"));
     }
     Ok(response)
 }
@@ -126,43 +162,26 @@ async fn stream_all(state: &AppState) -> Result<Response, ApiError> {
         other => other,
     };
     let mut wrote_one = false;
-    let items = stream::iter(first)
-        .chain(users)
-        .ready_chunks(STREAM_CHUNK_USERS)
-        .map(move |chunk| {
-            let mut buf = Vec::with_capacity(chunk.len() * 112);
-            for user in chunk {
-                let user = user?;
-                if wrote_one {
-                    buf.push(b',');
-                }
-                wrote_one = true;
-                serde_json::to_writer(&mut buf, &user)
-                    .map_err(|e| StoreError::Internal(e.into()))?;
+    let items = stream::iter(first).chain(users).ready_chunks(STREAM_CHUNK_USERS).map(move |chunk| {
+        let mut buf = Vec::with_capacity(chunk.len() * 112);
+        for user in chunk {
+            let user = user?;
+            if wrote_one {
+                buf.push(b',');
             }
-            Ok::<_, StoreError>(Bytes::from(buf))
-        });
+            wrote_one = true;
+            serde_json::to_writer(&mut buf, &user).map_err(|e| StoreError::Internal(e.into()))?;
+        }
+        Ok::<_, StoreError>(Bytes::from(buf))
+    });
     let body = stream::once(async { Ok(Bytes::from_static(b"[")) })
         .chain(items)
         .chain(stream::once(async { Ok(Bytes::from_static(b"]")) }));
-    Ok((
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        Body::from_stream(body),
-    )
+    Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], Body::from_stream(body))
         .into_response())
 }
 
 fn json<T: serde::Serialize>(value: &T) -> Response {
     let body = serde_json::to_vec(value).expect("users serialise");
-    (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        body,
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()
 }

@@ -24,11 +24,7 @@ pub struct StoreOptions {
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        Self {
-            max_connections: 10,
-            password: None,
-            timeout: Duration::from_secs(3),
-        }
+        Self { max_connections: 10, password: None, timeout: Duration::from_secs(3) }
     }
 }
 
@@ -42,6 +38,13 @@ pub enum StoreError {
     Overloaded,
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct PoolStatus {
+    pub in_use: usize,
+    pub idle: usize,
+    pub max: usize,
 }
 
 /// The configured back end. An enum rather than a trait object: two variants, static dispatch.
@@ -58,16 +61,10 @@ impl Store {
         } else if let Some(path) = url.strip_prefix("sqlite:") {
             let path = path.trim_start_matches("//");
             let path = path.split_once('?').map_or(path, |(p, _)| p);
-            anyhow::ensure!(
-                !path.is_empty(),
-                "DATABASE_URL names no SQLite file: {url:?}"
-            );
+            anyhow::ensure!(!path.is_empty(), "DATABASE_URL names no SQLite file: {url:?}");
             Ok(Self::Sqlite(SqliteStore::open(path, options).await?))
         } else {
-            anyhow::bail!(
-                "DATABASE_URL must start with sqlite: or postgres:// (got {:?})",
-                redact(url)
-            )
+            anyhow::bail!("DATABASE_URL must start with sqlite: or postgres:// (got {:?})", redact(url))
         }
     }
 
@@ -86,25 +83,54 @@ impl Store {
     }
 
     pub async fn create(&self, user: NewUser) -> Result<User, StoreError> {
-        match self {
-            Self::Sqlite(s) => s.create(user).await,
-            Self::Postgres(s) => s.create(user).await,
-        }
+        self.timed("insert", async {
+            match self {
+                Self::Sqlite(s) => s.create(user).await,
+                Self::Postgres(s) => s.create(user).await,
+            }
+        })
+        .await
     }
 
     pub async fn get(&self, id: i64) -> Result<Option<User>, StoreError> {
-        match self {
-            Self::Sqlite(s) => s.get(id).await,
-            Self::Postgres(s) => s.get(id).await,
-        }
+        self.timed("get", async {
+            match self {
+                Self::Sqlite(s) => s.get(id).await,
+                Self::Postgres(s) => s.get(id).await,
+            }
+        })
+        .await
     }
 
     /// Up to `limit` users with `id > after`, ascending.
     pub async fn page(&self, after: i64, limit: u32) -> Result<Vec<User>, StoreError> {
-        match self {
-            Self::Sqlite(s) => s.page(after, limit).await,
-            Self::Postgres(s) => s.page(after, limit).await,
+        self.timed("page", async {
+            match self {
+                Self::Sqlite(s) => s.page(after, limit).await,
+                Self::Postgres(s) => s.page(after, limit).await,
+            }
+        })
+        .await
+    }
+
+    /// Connections of the pool (the read pool, for SQLite) for the metrics gauges.
+    pub fn pool_status(&self) -> PoolStatus {
+        let status = match self {
+            Self::Sqlite(s) => s.pool_status(),
+            Self::Postgres(s) => s.pool_status(),
+        };
+        PoolStatus {
+            in_use: status.size.saturating_sub(status.available),
+            idle: status.available,
+            max: status.max_size,
         }
+    }
+
+    async fn timed<T>(&self, operation: &'static str, query: impl Future<Output = T>) -> T {
+        let started = std::time::Instant::now();
+        let result = query.await;
+        crate::telemetry::record_query(operation, self.backend(), started.elapsed());
+        result
     }
 
     /// Every user in id order, read from a database cursor in constant memory.
@@ -167,10 +193,7 @@ mod tests {
 
     #[test]
     fn redact_hides_only_the_password() {
-        assert_eq!(
-            redact("postgres://app:s3cret@db:5432/x"),
-            "postgres://app:***@db:5432/x"
-        );
+        assert_eq!(redact("postgres://app:s3cret@db:5432/x"), "postgres://app:***@db:5432/x");
         assert_eq!(redact("postgres://app@db/x"), "postgres://app@db/x");
         assert_eq!(redact("sqlite://users.db"), "sqlite://users.db");
     }

@@ -4,9 +4,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::Context;
-use deadpool_postgres::{
-    Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime,
-};
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime};
 use futures_util::stream::{self, BoxStream, StreamExt};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{NoTls, Row};
@@ -27,8 +25,7 @@ pub struct PostgresStore {
 
 impl PostgresStore {
     pub fn connect(url: &str, options: &StoreOptions) -> anyhow::Result<Self> {
-        let mut config =
-            tokio_postgres::Config::from_str(url).context("parsing the PostgreSQL DATABASE_URL")?;
+        let mut config = tokio_postgres::Config::from_str(url).context("parsing the PostgreSQL DATABASE_URL")?;
         if let Some(password) = &options.password {
             config.password(password);
         }
@@ -38,13 +35,7 @@ impl PostgresStore {
         if config.get_application_name().is_none() {
             config.application_name("users-api");
         }
-        let manager = Manager::from_config(
-            config,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
+        let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager)
             .max_size(options.max_connections.max(1))
             .runtime(Runtime::Tokio1)
@@ -53,42 +44,25 @@ impl PostgresStore {
             .recycle_timeout(Some(options.timeout))
             .build()
             .context("building the PostgreSQL pool")?;
-        Ok(Self {
-            pool,
-            timeout: options.timeout,
-        })
+        Ok(Self { pool, timeout: options.timeout })
     }
 
     pub async fn migrate(&self) -> anyhow::Result<()> {
-        let mut client = self
-            .pool
-            .get()
-            .await
-            .context("connecting to PostgreSQL to migrate")?;
+        let mut client = self.pool.get().await.context("connecting to PostgreSQL to migrate")?;
         let tx = client.transaction().await?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK_KEY])
-            .await?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK_KEY]).await?;
         tx.batch_execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
         )
         .await?;
         for (version, sql) in MIGRATIONS {
             let applied: bool = tx
-                .query_one(
-                    "SELECT EXISTS(SELECT 1 FROM schema_migrations WHERE version = $1)",
-                    &[version],
-                )
+                .query_one("SELECT EXISTS(SELECT 1 FROM schema_migrations WHERE version = $1)", &[version])
                 .await?
                 .get(0);
             if !applied {
-                tx.batch_execute(sql)
-                    .await
-                    .with_context(|| format!("applying PostgreSQL migration {version}"))?;
-                tx.execute(
-                    "INSERT INTO schema_migrations (version) VALUES ($1)",
-                    &[version],
-                )
-                .await?;
+                tx.batch_execute(sql).await.with_context(|| format!("applying PostgreSQL migration {version}"))?;
+                tx.execute("INSERT INTO schema_migrations (version) VALUES ($1)", &[version]).await?;
             }
         }
         tx.commit().await?;
@@ -119,9 +93,7 @@ impl PostgresStore {
         let client = self.client().await?;
         let row = self
             .bounded(async {
-                let stmt = client
-                    .prepare_cached(&format!("{SELECT_USER} WHERE id = $1"))
-                    .await?;
+                let stmt = client.prepare_cached(&format!("{SELECT_USER} WHERE id = $1")).await?;
                 client.query_opt(&stmt, &[&id]).await
             })
             .await?;
@@ -132,9 +104,7 @@ impl PostgresStore {
         let client = self.client().await?;
         let rows = self
             .bounded(async {
-                let stmt = client
-                    .prepare_cached(&format!("{SELECT_USER} WHERE id > $1 ORDER BY id LIMIT $2"))
-                    .await?;
+                let stmt = client.prepare_cached(&format!("{SELECT_USER} WHERE id > $1 ORDER BY id LIMIT $2")).await?;
                 client.query(&stmt, &[&after, &i64::from(limit)]).await
             })
             .await?;
@@ -150,9 +120,7 @@ impl PostgresStore {
                 .map_err(|_| StoreError::Unavailable("timed out waiting for a connection".into()))?
                 .map_err(pool_error)?;
             let rows = tokio::time::timeout(timeout, async {
-                let stmt = client
-                    .prepare_cached(&format!("{SELECT_USER} ORDER BY id"))
-                    .await?;
+                let stmt = client.prepare_cached(&format!("{SELECT_USER} ORDER BY id")).await?;
                 client.query_raw(&stmt, std::iter::empty::<i64>()).await
             })
             .await
@@ -174,11 +142,13 @@ impl PostgresStore {
             .boxed()
     }
 
+    pub fn pool_status(&self) -> deadpool_postgres::Status {
+        self.pool.status()
+    }
+
     pub async fn ping(&self) -> Result<(), StoreError> {
         let client = self.client().await?;
-        self.bounded(client.simple_query("SELECT 1"))
-            .await
-            .map(|_| ())
+        self.bounded(client.simple_query("SELECT 1")).await.map(|_| ())
     }
 
     pub fn close(&self) {
@@ -190,10 +160,7 @@ impl PostgresStore {
     }
 
     /// Runs a statement with the configured time bound; past it the caller gets 503.
-    async fn bounded<T>(
-        &self,
-        query: impl Future<Output = Result<T, tokio_postgres::Error>>,
-    ) -> Result<T, StoreError> {
+    async fn bounded<T>(&self, query: impl Future<Output = Result<T, tokio_postgres::Error>>) -> Result<T, StoreError> {
         tokio::time::timeout(self.timeout, query)
             .await
             .map_err(|_| StoreError::Unavailable("query timed out".into()))?
@@ -202,12 +169,7 @@ impl PostgresStore {
 }
 
 fn row_to_user(row: &Row) -> User {
-    User {
-        id: row.get(0),
-        name: row.get(1),
-        email: row.get(2),
-        created_at: format_timestamp(row.get(3)),
-    }
+    User { id: row.get(0), name: row.get(1), email: row.get(2), created_at: format_timestamp(row.get(3)) }
 }
 
 fn pool_error(e: PoolError) -> StoreError {

@@ -6,9 +6,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::Context;
-use deadpool_sqlite::rusqlite::{
-    self, Connection, ErrorCode, OpenFlags, OptionalExtension, params,
-};
+use deadpool_sqlite::rusqlite::{self, Connection, ErrorCode, OpenFlags, OptionalExtension, params};
 use deadpool_sqlite::{Config as PoolConfig, Pool, Runtime};
 use futures_util::stream::BoxStream;
 use tokio::sync::{mpsc, oneshot};
@@ -57,13 +55,7 @@ impl SqliteStore {
             .create_timeout(Some(options.timeout))
             .build()
             .context("building the SQLite read pool")?;
-        Ok(Self {
-            path,
-            readers,
-            writer,
-            writer_thread: Mutex::new(Some(writer_thread)),
-            timeout: options.timeout,
-        })
+        Ok(Self { path, readers, writer, writer_thread: Mutex::new(Some(writer_thread)), timeout: options.timeout })
     }
 
     pub async fn migrate(&self) -> anyhow::Result<()> {
@@ -78,24 +70,16 @@ impl SqliteStore {
 
     pub async fn create(&self, user: NewUser) -> Result<User, StoreError> {
         let (reply, outcome) = oneshot::channel();
-        self.writer
-            .try_send(WriterMessage::Insert(user, reply))
-            .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => StoreError::Overloaded,
-                mpsc::error::TrySendError::Closed(_) => {
-                    StoreError::Unavailable("writer stopped".into())
-                }
-            })?;
-        outcome
-            .await
-            .map_err(|_| StoreError::Unavailable("writer stopped".into()))?
+        self.writer.try_send(WriterMessage::Insert(user, reply)).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => StoreError::Overloaded,
+            mpsc::error::TrySendError::Closed(_) => StoreError::Unavailable("writer stopped".into()),
+        })?;
+        outcome.await.map_err(|_| StoreError::Unavailable("writer stopped".into()))?
     }
 
     pub async fn get(&self, id: i64) -> Result<Option<User>, StoreError> {
         self.read(move |conn| {
-            conn.prepare_cached(&format!("{SELECT_USER} WHERE id = ?1"))?
-                .query_row([id], row_to_user)
-                .optional()
+            conn.prepare_cached(&format!("{SELECT_USER} WHERE id = ?1"))?.query_row([id], row_to_user).optional()
         })
         .await
     }
@@ -132,18 +116,17 @@ impl SqliteStore {
         Box::pin(ReceiverStream::new(rx))
     }
 
+    pub fn pool_status(&self) -> deadpool_sqlite::Status {
+        self.readers.status()
+    }
+
     pub async fn ping(&self) -> Result<(), StoreError> {
-        self.read(|conn| conn.query_row("SELECT 1", [], |_| Ok(())))
-            .await
+        self.read(|conn| conn.query_row("SELECT 1", [], |_| Ok(()))).await
     }
 
     pub async fn close(&self) {
         let _ = self.writer.send(WriterMessage::Shutdown).await;
-        let handle = self
-            .writer_thread
-            .lock()
-            .expect("writer handle lock")
-            .take();
+        let handle = self.writer_thread.lock().expect("writer handle lock").take();
         if let Some(handle) = handle {
             let _ = tokio::task::spawn_blocking(move || handle.join()).await;
         }
@@ -155,11 +138,7 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     {
-        let conn = self
-            .readers
-            .get()
-            .await
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let conn = self.readers.get().await.map_err(|e| StoreError::Unavailable(e.to_string()))?;
         let outcome = tokio::time::timeout(self.timeout, conn.interact(move |conn| query(conn)))
             .await
             .map_err(|_| StoreError::Unavailable("query timed out".into()))?
@@ -169,22 +148,16 @@ impl SqliteStore {
 }
 
 fn open_writer(path: &Path) -> anyhow::Result<Connection> {
-    let conn = Connection::open(path)
-        .with_context(|| format!("opening SQLite database {}", path.display()))?;
+    let conn = Connection::open(path).with_context(|| format!("opening SQLite database {}", path.display()))?;
     // WAL lets readers run beside the writer; FULL syncs the WAL on every commit,
     // so an acknowledged insert survives kill -9 and power loss.
-    conn.execute_batch(
-        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;",
-    )
-    .context("configuring SQLite (WAL, synchronous=FULL)")?;
+    conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;")
+        .context("configuring SQLite (WAL, synchronous=FULL)")?;
     Ok(conn)
 }
 
 fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
-    Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
+    Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
 }
 
 fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
@@ -193,14 +166,10 @@ fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
         "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)",
     )?;
     for (version, sql) in MIGRATIONS {
-        let applied: bool = tx.query_row(
-            "SELECT EXISTS(SELECT 1 FROM schema_migrations WHERE version = ?1)",
-            [version],
-            |r| r.get(0),
-        )?;
+        let applied: bool =
+            tx.query_row("SELECT EXISTS(SELECT 1 FROM schema_migrations WHERE version = ?1)", [version], |r| r.get(0))?;
         if !applied {
-            tx.execute_batch(sql)
-                .with_context(|| format!("applying SQLite migration {version}"))?;
+            tx.execute_batch(sql).with_context(|| format!("applying SQLite migration {version}"))?;
             tx.execute(
                 "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, ?2)",
                 params![version, format_timestamp(time::OffsetDateTime::now_utc())],
@@ -213,8 +182,7 @@ fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
 
 /// Takes every queued insert, commits them in one transaction, then answers each.
 fn writer_loop(conn: Connection, mut queue: mpsc::Receiver<WriterMessage>) {
-    let mut batch: Vec<(NewUser, oneshot::Sender<Result<User, StoreError>>)> =
-        Vec::with_capacity(MAX_BATCH);
+    let mut batch: Vec<(NewUser, oneshot::Sender<Result<User, StoreError>>)> = Vec::with_capacity(MAX_BATCH);
     let mut shutting_down = false;
     while !shutting_down {
         match queue.blocking_recv() {
@@ -235,27 +203,18 @@ fn writer_loop(conn: Connection, mut queue: mpsc::Receiver<WriterMessage>) {
     }
 }
 
-fn commit_batch(
-    conn: &Connection,
-    batch: &mut Vec<(NewUser, oneshot::Sender<Result<User, StoreError>>)>,
-) {
+fn commit_batch(conn: &Connection, batch: &mut Vec<(NewUser, oneshot::Sender<Result<User, StoreError>>)>) {
     let created_at = format_timestamp(time::OffsetDateTime::now_utc());
     let outcome = (|| -> rusqlite::Result<Vec<Result<User, StoreError>>> {
         let tx = conn.unchecked_transaction()?;
         let mut results = Vec::with_capacity(batch.len());
         {
-            let mut insert = tx.prepare_cached(
-                "INSERT INTO users (name, email, email_key, created_at) VALUES (?1, ?2, ?3, ?4)",
-            )?;
+            let mut insert =
+                tx.prepare_cached("INSERT INTO users (name, email, email_key, created_at) VALUES (?1, ?2, ?3, ?4)")?;
             for (user, _) in batch.iter() {
                 // A failed statement rolls back only itself; the rest of the batch commits.
                 let result = insert
-                    .execute(params![
-                        user.name.as_str(),
-                        user.email.as_str(),
-                        user.email.key(),
-                        created_at
-                    ])
+                    .execute(params![user.name.as_str(), user.email.as_str(), user.email.key(), created_at])
                     .map(|_| User {
                         id: tx.last_insert_rowid(),
                         name: user.name.as_str().to_owned(),
@@ -291,12 +250,7 @@ fn commit_batch(
 }
 
 fn row_to_user(row: &rusqlite::Row<'_>) -> rusqlite::Result<User> {
-    Ok(User {
-        id: row.get(0)?,
-        name: row.get(1)?,
-        email: row.get(2)?,
-        created_at: row.get(3)?,
-    })
+    Ok(User { id: row.get(0)?, name: row.get(1)?, email: row.get(2)?, created_at: row.get(3)? })
 }
 
 fn is_unavailable(e: &rusqlite::Error) -> bool {
@@ -320,9 +274,5 @@ fn map_error(e: rusqlite::Error) -> StoreError {
     {
         return StoreError::EmailTaken;
     }
-    if is_unavailable(&e) {
-        StoreError::Unavailable(e.to_string())
-    } else {
-        StoreError::Internal(e.into())
-    }
+    if is_unavailable(&e) { StoreError::Unavailable(e.to_string()) } else { StoreError::Internal(e.into()) }
 }

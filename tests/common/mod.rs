@@ -50,6 +50,8 @@ impl TestApp {
             "users-api",
             "--bind-addr",
             "127.0.0.1:0",
+            "--metrics-addr",
+            "127.0.0.1:0",
             "--database-url",
             &database_url,
         ];
@@ -63,9 +65,7 @@ impl TestApp {
     /// Starts the app with a fully specified configuration.
     pub async fn start(config: ServeConfig) -> Self {
         let database_url = config.database.database_url.clone();
-        let application = Application::build(config)
-            .await
-            .expect("application builds");
+        let application = Application::build(config).await.expect("application builds");
         let addr = application.local_addr();
         let (shutdown, signal) = oneshot::channel::<()>();
         let server = tokio::spawn(application.run_until(async {
@@ -73,10 +73,7 @@ impl TestApp {
         }));
         Self {
             addr,
-            client: reqwest::Client::builder()
-                .pool_max_idle_per_host(256)
-                .build()
-                .expect("client"),
+            client: reqwest::Client::builder().pool_max_idle_per_host(256).build().expect("client"),
             database_url,
             shutdown: Some(shutdown),
             server: Some(server),
@@ -95,20 +92,11 @@ impl TestApp {
     }
 
     pub async fn get(&self, path: &str) -> reqwest::Response {
-        self.client
-            .get(self.url(path))
-            .send()
-            .await
-            .expect("request sent")
+        self.client.get(self.url(path)).send().await.expect("request sent")
     }
 
     pub async fn post_json(&self, path: &str, body: &serde_json::Value) -> reqwest::Response {
-        self.client
-            .post(self.url(path))
-            .json(body)
-            .send()
-            .await
-            .expect("request sent")
+        self.client.post(self.url(path)).json(body).send().await.expect("request sent")
     }
 
     pub async fn post_raw(
@@ -125,8 +113,7 @@ impl TestApp {
     }
 
     pub async fn create_user(&self, name: &str, email: &str) -> reqwest::Response {
-        self.post_json("/user", &serde_json::json!({"name": name, "email": email}))
-            .await
+        self.post_json("/user", &serde_json::json!({"name": name, "email": email})).await
     }
 
     pub async fn all_users(&self) -> Vec<serde_json::Value> {
@@ -141,10 +128,7 @@ impl TestApp {
             let _ = tx.send(());
         }
         if let Some(server) = self.server.take() {
-            server
-                .await
-                .expect("server task")
-                .expect("server exits cleanly");
+            server.await.expect("server task").expect("server exits cleanly");
         }
     }
 }
@@ -161,9 +145,7 @@ impl Drop for TestApp {
                     .enable_all()
                     .build()
                     .expect("runtime")
-                    .block_on(admin_execute(&format!(
-                        "DROP SCHEMA IF EXISTS {schema} CASCADE"
-                    )));
+                    .block_on(admin_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")));
             })
             .join();
         }
@@ -178,52 +160,24 @@ pub fn serve_config(args: &[&str]) -> ServeConfig {
 pub async fn admin_execute(sql: &str) {
     let (client, connection) = tokio_postgres::connect(POSTGRES_ADMIN_URL, tokio_postgres::NoTls)
         .await
-        .unwrap_or_else(|e| {
-            panic!("PostgreSQL must be running at 127.0.0.1:5432 for these tests: {e}")
-        });
+        .unwrap_or_else(|e| panic!("PostgreSQL must be running at 127.0.0.1:5432 for these tests: {e}"));
     let task = tokio::spawn(connection);
-    client
-        .batch_execute(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    client.batch_execute(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
     drop(client);
     let _ = task.await;
 }
 
 /// Asserts a problem+json answer with this status and code; returns the body.
-pub async fn expect_problem(
-    response: reqwest::Response,
-    status: u16,
-    code: &str,
-) -> serde_json::Value {
+pub async fn expect_problem(response: reqwest::Response, status: u16, code: &str) -> serde_json::Value {
     assert_eq!(response.status().as_u16(), status, "status");
-    let content_type = response
-        .headers()
-        .get("content-type")
-        .expect("content type")
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let content_type = response.headers().get("content-type").expect("content type").to_str().unwrap().to_owned();
     assert_eq!(content_type, "application/problem+json");
-    let header_id = response
-        .headers()
-        .get("x-request-id")
-        .expect("x-request-id")
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let header_id = response.headers().get("x-request-id").expect("x-request-id").to_str().unwrap().to_owned();
     let body: serde_json::Value = response.json().await.expect("problem body is JSON");
     assert_eq!(body["status"], status, "{body}");
     assert_eq!(body["code"], code, "{body}");
-    assert!(
-        body["title"].is_string() && body["detail"].is_string() && body["type"].is_string(),
-        "{body}"
-    );
-    assert_eq!(
-        body["request_id"],
-        header_id.as_str(),
-        "problem carries the request id"
-    );
+    assert!(body["title"].is_string() && body["detail"].is_string() && body["type"].is_string(), "{body}");
+    assert_eq!(body["request_id"], header_id.as_str(), "problem carries the request id");
     body
 }
 
