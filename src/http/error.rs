@@ -171,8 +171,31 @@ impl IntoResponse for ApiError {
         let body = serde_json::to_vec(&problem).unwrap_or_else(|_| b"{}".to_vec());
         let mut response =
             (status, [(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON))], body).into_response();
-        if let Self::Unavailable { retry_after_secs } = self {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+        let headers = response.headers_mut();
+        match self {
+            Self::Unavailable { retry_after_secs } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+            }
+            Self::RateLimited { retry_after_secs } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+            }
+            Self::Unauthorized(AuthError::KeysUnavailable) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(5));
+            }
+            Self::Unauthorized(AuthError::Missing) => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"users-api\""));
+            }
+            Self::Unauthorized(_) => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"users-api\", error=\"invalid_token\""),
+                );
+            }
+            Self::Forbidden { scope } => {
+                let challenge = format!("Bearer realm=\"users-api\", error=\"insufficient_scope\", scope=\"{scope}\"");
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_str(&challenge).expect("ascii scope"));
+            }
+            _ => {}
         }
         response
     }

@@ -18,6 +18,8 @@ pub enum Backend {
 
 pub struct TestApp {
     pub addr: SocketAddr,
+    /// The private metrics listener, when on.
+    pub metrics_addr: Option<SocketAddr>,
     pub client: reqwest::Client,
     pub database_url: String,
     shutdown: Option<oneshot::Sender<()>>,
@@ -67,12 +69,14 @@ impl TestApp {
         let database_url = config.database.database_url.clone();
         let application = Application::build(config).await.expect("application builds");
         let addr = application.local_addr();
+        let metrics_addr = application.metrics_addr();
         let (shutdown, signal) = oneshot::channel::<()>();
         let server = tokio::spawn(application.run_until(async {
             let _ = signal.await;
         }));
         Self {
             addr,
+            metrics_addr,
             client: reqwest::Client::builder().pool_max_idle_per_host(256).build().expect("client"),
             database_url,
             shutdown: Some(shutdown),

@@ -1,0 +1,66 @@
+//! Metrics: after a known set of requests the counters say exactly that; /metrics is only on
+//! the private listener. Its own test binary, so no other test's requests are counted.
+
+mod common;
+
+use common::{Backend, TestApp};
+
+fn sample(exposition: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    exposition.lines().filter(|l| !l.starts_with('#')).find_map(|line| {
+        let (series, value) = line.rsplit_once(' ')?;
+        let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
+        if metric != name {
+            return None;
+        }
+        let all = labels.iter().all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
+        all.then(|| value.parse().ok()).flatten()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counters_match_the_requests_sent_and_metrics_stay_off_the_public_port() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let metrics_addr = app.metrics_addr.expect("metrics listener on");
+
+    for i in 0..3 {
+        assert_eq!(app.create_user("Metric Person", &format!("m{i}@example.com")).await.status(), 201);
+    }
+    assert_eq!(app.create_user("Metric Person", "m0@example.com").await.status(), 400);
+    assert_eq!(app.create_user("X", "bad").await.status(), 400);
+    for _ in 0..4 {
+        assert_eq!(app.get("/users?limit=2").await.status(), 200);
+    }
+    assert_eq!(app.get("/users/2").await.status(), 200);
+    assert_eq!(app.get("/users/999").await.status(), 404);
+    assert_eq!(app.get("/nope").await.status(), 404);
+    // The public port has no /metrics.
+    assert_eq!(app.get("/metrics").await.status(), 404);
+
+    let text = app.client.get(format!("http://{metrics_addr}/metrics")).send().await.unwrap().text().await.unwrap();
+    let count = |method: &str, route: &str, status: &str| {
+        sample(&text, "http_requests_total", &[("method", method), ("route", route), ("status", status)])
+    };
+    assert_eq!(count("POST", "/user", "201"), Some(3.0), "{text}");
+    assert_eq!(count("POST", "/user", "400"), Some(2.0));
+    assert_eq!(count("GET", "/users", "200"), Some(4.0));
+    assert_eq!(count("GET", "/users/{id}", "200"), Some(1.0));
+    assert_eq!(count("GET", "/users/{id}", "404"), Some(1.0));
+    assert_eq!(count("GET", "unmatched", "404"), Some(2.0), "/nope and /metrics on the public port");
+    assert_eq!(
+        sample(
+            &text,
+            "http_request_duration_seconds_count",
+            &[("method", "POST"), ("route", "/user"), ("status", "201")]
+        ),
+        Some(3.0)
+    );
+    // Five inserts reached the writer (three stored, one duplicate); the invalid one never did.
+    let batches = sample(&text, "db_write_batch_size_sum", &[]).expect("batch size histogram");
+    assert_eq!(batches, 4.0, "{text}");
+    assert_eq!(
+        sample(&text, "db_query_duration_seconds_count", &[("operation", "insert"), ("backend", "sqlite")]),
+        Some(4.0)
+    );
+    assert_eq!(sample(&text, "http_requests_in_flight", &[]), Some(0.0));
+    assert!(sample(&text, "db_pool_max_connections", &[]).is_some_and(|v| v >= 1.0));
+}
