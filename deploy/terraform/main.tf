@@ -17,6 +17,12 @@ locals {
 
   # nginx in the proxy image runs as a non-root user on an unprivileged port.
   proxy_port = 8080
+
+  # The service module names its cluster and service after its `name`. The
+  # observability module gets these names from here rather than from the
+  # service module's outputs, because the service module consumes
+  # observability's log groups (no two-way module dependency).
+  service_name = var.name
 }
 
 # ---------------------------------------------------------------- KMS key
@@ -150,27 +156,41 @@ module "registry" {
 module "database" {
   source = "./modules/database"
 
-  name                     = var.name
-  vpc_id                   = module.network.vpc_id
-  subnet_ids               = module.network.intra_subnet_ids
-  client_security_group_id = module.service.security_group_id
-  instance_class           = var.db_instance_class
-  engine_version           = var.db_engine_version
-  parameter_group_family   = "postgres${split(".", var.db_engine_version)[0]}"
-  allocated_storage        = var.db_allocated_storage
-  max_allocated_storage    = var.db_max_allocated_storage
-  multi_az                 = var.db_multi_az
-  deletion_protection      = var.db_deletion_protection
-  backup_retention_days    = var.db_backup_retention_days
-  log_retention_days       = var.log_retention_days
-  kms_key_arn              = aws_kms_key.this.arn
-  tags                     = local.tags
+  name                         = var.name
+  vpc_id                       = module.network.vpc_id
+  subnet_ids                   = module.network.intra_subnet_ids
+  instance_class               = var.db_instance_class
+  performance_insights_enabled = var.db_performance_insights
+  engine_version               = var.db_engine_version
+  parameter_group_family       = "postgres${split(".", var.db_engine_version)[0]}"
+  allocated_storage            = var.db_allocated_storage
+  max_allocated_storage        = var.db_max_allocated_storage
+  multi_az                     = var.db_multi_az
+  deletion_protection          = var.db_deletion_protection
+  backup_retention_days        = var.db_backup_retention_days
+  log_retention_days           = var.log_retention_days
+  kms_key_arn                  = aws_kms_key.this.arn
+  tags                         = local.tags
+}
+
+# Wiring between two modules: PostgreSQL is reachable from the service's
+# security group and nothing else. Kept here so that neither module depends on
+# the other in both directions.
+resource "aws_vpc_security_group_ingress_rule" "database_from_service" {
+  security_group_id            = module.database.security_group_id
+  description                  = "PostgreSQL from the ECS service"
+  ip_protocol                  = "tcp"
+  from_port                    = module.database.port
+  to_port                      = module.database.port
+  referenced_security_group_id = module.service.security_group_id
+
+  tags = local.tags
 }
 
 module "service" {
   source = "./modules/service"
 
-  name                  = var.name
+  name                  = local.service_name
   vpc_id                = module.network.vpc_id
   vpc_cidr              = module.network.vpc_cidr
   private_subnet_ids    = module.network.private_subnet_ids
@@ -232,9 +252,8 @@ module "observability" {
   alarm_email        = var.alarm_email
   kms_key_arn        = aws_kms_key.this.arn
 
-  cluster_name               = module.service.cluster_name
-  service_name               = module.service.service_name
-  service_arn                = module.service.service_arn
+  cluster_name               = local.service_name
+  service_name               = local.service_name
   alb_arn_suffix             = module.alb.arn_suffix
   target_group_arn_suffix    = module.alb.target_group_arn_suffix
   db_instance_identifier     = module.database.identifier

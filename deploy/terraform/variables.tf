@@ -274,14 +274,20 @@ variable "redeploy_on_secret_rotation" {
 # ---------------------------------------------------------------- database
 
 variable "db_instance_class" {
-  description = "RDS instance class."
+  description = "RDS instance class (db.t4g.medium or larger keeps Performance Insights available)."
   type        = string
-  default     = "db.t4g.small"
+  default     = "db.t4g.medium"
 
   validation {
     condition     = can(regex("^db\\.[a-z0-9]+\\.[a-z0-9]+$", var.db_instance_class))
     error_message = "db_instance_class must look like db.t4g.small."
   }
+}
+
+variable "db_performance_insights" {
+  description = "Performance Insights on the database (not available on db.t*.micro/small)."
+  type        = bool
+  default     = true
 }
 
 variable "db_engine_version" {

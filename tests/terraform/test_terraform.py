@@ -243,6 +243,25 @@ def test_catches_unknown_and_missing_module_arguments(tmp_path):
     assert_caught(problems, "does not pass required variable 'name'")
 
 
+def test_catches_modules_that_depend_on_each_other(tmp_path):
+    files = dict(CLEAN_CHILD)
+    files["main.tf"] = """
+        module "a" {
+          source = "./modules/app"
+          name   = module.b.bucket
+        }
+        module "b" {
+          source = "./modules/app"
+          name   = module.c.bucket
+        }
+        module "c" {
+          source = "./modules/app"
+          name   = module.a.bucket
+        }
+    """
+    assert_caught(problems_for(tmp_path, files), "modules 'a' and 'b' depend on each other")
+
+
 def test_catches_registry_module(tmp_path):
     files = {"main.tf": """
         module "vpc" {

@@ -9,6 +9,8 @@ ships it as bc-python-hcl2) and returns a list of problems, one string each:
   does not exist (module outputs are looked up in the called module);
 * a module argument the called module does not declare, or a required
   variable (no default) the caller does not pass;
+* two module calls that depend on each other (checkov silently stops
+  resolving the variables of such modules and drops the checks needing them);
 * an ingress rule open to 0.0.0.0/0 or ::/0 anywhere but the load balancer
   module (and there only on ports 80/443);
 * an image tag that is, or defaults to, ``latest``, an image tag variable
@@ -260,6 +262,39 @@ def check_module_calls(module: Module, children: dict[str, Module]) -> list[str]
     return problems
 
 
+def check_module_cycles(module: Module) -> list[str]:
+    """Module calls that depend on each other (directly or through others).
+    Terraform accepts them while resources do not cycle, but checkov then
+    resolves none of the variables of the modules involved and drops the
+    checks that need them, silently."""
+    deps = {
+        name: {m for e in expressions_in(body) for m, _ in RE_MODULE.findall(e) if m != name}
+        for name, body in module.calls.items()
+    }
+    problems, seen = [], set()
+
+    def reaches(start: str, goal: str) -> bool:
+        stack, visited = [start], set()
+        while stack:
+            node = stack.pop()
+            if node == goal:
+                return True
+            if node in visited:
+                continue
+            visited.add(node)
+            stack.extend(deps.get(node, ()))
+        return False
+
+    for a in sorted(deps):
+        for b in sorted(deps[a]):
+            pair = tuple(sorted((a, b)))
+            if pair not in seen and reaches(b, a):
+                seen.add(pair)
+                problems.append(f"{module.label}: modules {pair[0]!r} and {pair[1]!r} depend on each other "
+                                "(checkov then cannot resolve their variables)")
+    return problems
+
+
 def _var_values(module: Module, parent: Module | None, call: str | None, name: str) -> list[Any]:
     """Literal values a variable can take: its default and what the caller passes."""
     values = []
@@ -387,6 +422,7 @@ def check_tree(root: pathlib.Path, tfvars_path: pathlib.Path | None = None) -> l
         problems += check_variables(module)
         problems += check_references(module, children)
         problems += check_module_calls(module, children)
+        problems += check_module_cycles(module)
         problems += check_ingress(module, parent, call)
         problems += check_image_tags(module, tfvars if parent is None else None)
     if tfvars is not None:

@@ -21,7 +21,7 @@ locals {
 # ----------------------------------------------------------- security group
 
 resource "aws_security_group" "this" {
-  name        = "${var.name}-alb"
+  name_prefix = "${var.name}-alb-"
   description = "Public load balancer: HTTP/HTTPS from anywhere, out only to targets in the VPC"
   vpc_id      = var.vpc_id
 
@@ -119,10 +119,6 @@ resource "aws_lb_target_group" "this" {
   }
 
   tags = var.tags
-
-  lifecycle {
-    create_before_destroy = true
-  }
 }
 
 resource "aws_lb_listener" "https" {

@@ -13,29 +13,20 @@ resource "aws_db_subnet_group" "this" {
 }
 
 resource "aws_security_group" "this" {
-  name        = "${var.name}-db"
+  name_prefix = "${var.name}-db-"
   description = "PostgreSQL, reachable only from the service's security group"
   vpc_id      = var.vpc_id
 
   # No egress rules: Terraform removes AWS's default allow-all egress, and the
-  # database initiates no connections.
+  # database initiates no connections. No ingress rule here either: the caller
+  # admits its clients (the root module admits the service's group only), so
+  # this module does not depend on the service module that depends on it.
 
   tags = merge(var.tags, { Name = "${var.name}-db" })
 
   lifecycle {
     create_before_destroy = true
   }
-}
-
-resource "aws_vpc_security_group_ingress_rule" "from_service" {
-  security_group_id            = aws_security_group.this.id
-  description                  = "PostgreSQL from the ECS service"
-  ip_protocol                  = "tcp"
-  from_port                    = 5432
-  to_port                      = 5432
-  referenced_security_group_id = var.client_security_group_id
-
-  tags = var.tags
 }
 
 resource "aws_db_parameter_group" "this" {
@@ -160,9 +151,9 @@ resource "aws_db_instance" "this" {
   skip_final_snapshot       = false
   final_snapshot_identifier = "${var.name}-final"
 
-  performance_insights_enabled          = true
-  performance_insights_kms_key_id       = var.kms_key_arn
-  performance_insights_retention_period = 7
+  performance_insights_enabled          = var.performance_insights_enabled
+  performance_insights_kms_key_id       = var.performance_insights_enabled ? var.kms_key_arn : null
+  performance_insights_retention_period = var.performance_insights_enabled ? 7 : null
 
   monitoring_interval = 60
   monitoring_role_arn = aws_iam_role.monitoring.arn

@@ -23,11 +23,6 @@ variable "subnet_ids" {
   }
 }
 
-variable "client_security_group_id" {
-  description = "Security group of the ECS service: the only source allowed to reach PostgreSQL."
-  type        = string
-}
-
 variable "engine_version" {
   description = "PostgreSQL major (\"16\") or major.minor version. With a major only, RDS picks the default minor and auto_minor_version_upgrade keeps it patched."
   type        = string
@@ -53,11 +48,22 @@ variable "parameter_group_family" {
 variable "instance_class" {
   description = "RDS instance class."
   type        = string
-  default     = "db.t4g.small"
+  default     = "db.t4g.medium"
 
   validation {
     condition     = can(regex("^db\\.[a-z0-9]+\\.[a-z0-9]+$", var.instance_class))
     error_message = "instance_class must look like db.t4g.small."
+  }
+}
+
+variable "performance_insights_enabled" {
+  description = "Performance Insights (7 days, free tier). Not available on the smallest classes (db.t*.micro, db.t*.small)."
+  type        = bool
+  default     = true
+
+  validation {
+    condition     = !var.performance_insights_enabled || !can(regex("^db\\.t[234]g?\\.(micro|small)$", var.instance_class))
+    error_message = "Performance Insights is not available on db.t*.micro/small: choose db.t4g.medium or larger, or set performance_insights_enabled = false."
   }
 }
 
@@ -132,12 +138,22 @@ variable "backup_window" {
   description = "Daily backup window (UTC, hh24:mi-hh24:mi), at least 30 minutes, not overlapping the maintenance window."
   type        = string
   default     = "02:00-03:00"
+
+  validation {
+    condition     = can(regex("^([01][0-9]|2[0-3]):[0-5][0-9]-([01][0-9]|2[0-3]):[0-5][0-9]$", var.backup_window))
+    error_message = "backup_window must look like hh24:mi-hh24:mi (UTC)."
+  }
 }
 
 variable "maintenance_window" {
   description = "Weekly maintenance window (UTC, ddd:hh24:mi-ddd:hh24:mi)."
   type        = string
   default     = "sun:04:00-sun:05:00"
+
+  validation {
+    condition     = can(regex("^(mon|tue|wed|thu|fri|sat|sun):([01][0-9]|2[0-3]):[0-5][0-9]-(mon|tue|wed|thu|fri|sat|sun):([01][0-9]|2[0-3]):[0-5][0-9]$", var.maintenance_window))
+    error_message = "maintenance_window must look like ddd:hh24:mi-ddd:hh24:mi (UTC)."
+  }
 }
 
 variable "log_retention_days" {

@@ -5,10 +5,13 @@ data "aws_caller_identity" "current" {}
 
 data "aws_region" "current" {}
 
+data "aws_partition" "current" {}
+
 locals {
-  account_id = data.aws_caller_identity.current.account_id
-  region     = data.aws_region.current.name
-  actions    = [aws_sns_topic.alarms.arn]
+  account_id  = data.aws_caller_identity.current.account_id
+  region      = data.aws_region.current.name
+  service_arn = "arn:${data.aws_partition.current.partition}:ecs:${local.region}:${local.account_id}:service/${var.cluster_name}/${var.service_name}"
+  actions     = [aws_sns_topic.alarms.arn]
 
   ecs_dimensions = {
     ClusterName = var.cluster_name
@@ -293,7 +296,7 @@ resource "aws_cloudwatch_event_rule" "deployment_failed" {
   event_pattern = jsonencode({
     source        = ["aws.ecs"]
     "detail-type" = ["ECS Deployment State Change"]
-    resources     = [var.service_arn]
+    resources     = [local.service_arn]
     detail        = { eventName = ["SERVICE_DEPLOYMENT_FAILED"] }
   })
 

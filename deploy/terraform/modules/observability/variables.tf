@@ -45,11 +45,6 @@ variable "service_name" {
   type        = string
 }
 
-variable "service_arn" {
-  description = "ECS service ARN, to match its deployment-failure events."
-  type        = string
-}
-
 variable "alb_arn_suffix" {
   description = "ARN suffix of the load balancer (LoadBalancer dimension)."
   type        = string

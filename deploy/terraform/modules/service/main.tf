@@ -306,7 +306,7 @@ resource "aws_ecs_task_definition" "this" {
 }
 
 resource "aws_security_group" "this" {
-  name        = "${var.name}-service"
+  name_prefix = "${var.name}-service-"
   description = "ECS tasks: HTTP from the load balancer only"
   vpc_id      = var.vpc_id
 
