@@ -7,10 +7,19 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
-#[command(name = "users-api", version, about = "Users service: create and list users over SQLite or PostgreSQL")]
+#[command(
+    name = "users-api",
+    version,
+    about = "Users service: create and list users over SQLite or PostgreSQL",
+    args_conflicts_with_subcommands = true
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
+
+    /// `serve` flags, accepted without the subcommand too (serving is the default).
+    #[command(flatten)]
+    pub serve: ServeConfig,
 
     #[command(flatten)]
     pub logging: LogConfig,

@@ -31,10 +31,7 @@ async fn main() -> ExitCode {
             }
         },
         Some(Command::Serve(config)) => serve(*config).await,
-        None => match ServeConfig::from_args(["users-api"]) {
-            Ok(config) => serve(config).await,
-            Err(e) => e.exit(),
-        },
+        None => serve(cli.serve).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

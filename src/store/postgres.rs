@@ -70,9 +70,8 @@ impl PostgresStore {
     }
 
     pub async fn create(&self, user: NewUser) -> Result<User, StoreError> {
-        let client = self.client().await?;
         let row = self
-            .bounded(async {
+            .with_client(async |client| {
                 let stmt = client
                     .prepare_cached(
                         "INSERT INTO users (name, email, email_key) VALUES ($1, $2, $3) RETURNING id, created_at",
@@ -90,9 +89,8 @@ impl PostgresStore {
     }
 
     pub async fn get(&self, id: i64) -> Result<Option<User>, StoreError> {
-        let client = self.client().await?;
         let row = self
-            .bounded(async {
+            .with_client(async |client| {
                 let stmt = client.prepare_cached(&format!("{SELECT_USER} WHERE id = $1")).await?;
                 client.query_opt(&stmt, &[&id]).await
             })
@@ -101,9 +99,8 @@ impl PostgresStore {
     }
 
     pub async fn page(&self, after: i64, limit: u32) -> Result<Vec<User>, StoreError> {
-        let client = self.client().await?;
         let rows = self
-            .bounded(async {
+            .with_client(async |client| {
                 let stmt = client.prepare_cached(&format!("{SELECT_USER} WHERE id > $1 ORDER BY id LIMIT $2")).await?;
                 client.query(&stmt, &[&after, &i64::from(limit)]).await
             })
@@ -114,20 +111,17 @@ impl PostgresStore {
     pub fn stream_all(&self) -> BoxStream<'static, Result<User, StoreError>> {
         let pool = self.pool.clone();
         let timeout = self.timeout;
+        // One time bound for getting a connection and starting the query, as in `with_client`.
         let opened = async move {
-            let client = tokio::time::timeout(timeout, pool.get())
-                .await
-                .map_err(|_| StoreError::Unavailable("timed out waiting for a connection".into()))?
-                .map_err(pool_error)?;
-            let rows = tokio::time::timeout(timeout, async {
-                let stmt = client.prepare_cached(&format!("{SELECT_USER} ORDER BY id")).await?;
-                client.query_raw(&stmt, std::iter::empty::<i64>()).await
+            tokio::time::timeout(timeout, async {
+                let client = pool.get().await.map_err(pool_error)?;
+                let stmt = client.prepare_cached(&format!("{SELECT_USER} ORDER BY id")).await.map_err(map_error)?;
+                let rows = client.query_raw(&stmt, std::iter::empty::<i64>()).await.map_err(map_error)?;
+                // The pooled client travels with the row stream so it is not reused mid-read.
+                Ok::<_, StoreError>((client, Box::pin(rows)))
             })
             .await
-            .map_err(|_| StoreError::Unavailable("query timed out".into()))?
-            .map_err(map_error)?;
-            // The pooled client travels with the row stream so it is not reused mid-read.
-            Ok::<_, StoreError>((client, Box::pin(rows)))
+            .map_err(|_| StoreError::Unavailable("timed out waiting for the database".into()))?
         };
         stream::once(opened)
             .flat_map(|opened| match opened {
@@ -147,24 +141,25 @@ impl PostgresStore {
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
-        let client = self.client().await?;
-        self.bounded(client.simple_query("SELECT 1")).await.map(|_| ())
+        self.with_client(async |client| client.simple_query("SELECT 1").await.map(|_| ())).await
     }
 
     pub fn close(&self) {
         self.pool.close();
     }
 
-    async fn client(&self) -> Result<Object, StoreError> {
-        self.pool.get().await.map_err(pool_error)
-    }
-
-    /// Runs a statement with the configured time bound; past it the caller gets 503.
-    async fn bounded<T>(&self, query: impl Future<Output = Result<T, tokio_postgres::Error>>) -> Result<T, StoreError> {
-        tokio::time::timeout(self.timeout, query)
-            .await
-            .map_err(|_| StoreError::Unavailable("query timed out".into()))?
-            .map_err(map_error)
+    /// Gets a pooled connection and runs `query` on it, both within one time bound (the
+    /// configured timeout, not one per step); past it the caller gets 503.
+    async fn with_client<T>(
+        &self,
+        query: impl AsyncFnOnce(&Object) -> Result<T, tokio_postgres::Error>,
+    ) -> Result<T, StoreError> {
+        tokio::time::timeout(self.timeout, async {
+            let client = self.pool.get().await.map_err(pool_error)?;
+            query(&client).await.map_err(map_error)
+        })
+        .await
+        .map_err(|_| StoreError::Unavailable("timed out waiting for the database".into()))?
     }
 }
 
