@@ -1,0 +1,753 @@
+#!/usr/bin/env python3
+"""Runs the benchmark scenarios and writes BENCHMARKS.md. Called by bench/run, which first
+installs the tools, builds the release binaries and creates the peer's virtualenv.
+
+Standard library only. Every server it starts is its own process group, stopped by id; every
+loop is bounded in count and time; every target is on the loopback interface.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import shlex
+import shutil
+import signal
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import time
+import urllib.parse
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+BENCH = ROOT / "bench"
+LIB = BENCH / "lib"
+PEER_DIR = BENCH / "peers" / "fastapi"
+SERVICE_BIN = ROOT / "target" / "release" / "users-api"
+HELLO_BIN = ROOT / "target" / "release" / "examples" / "hello"
+ALL_SCENARIOS = ("health", "list", "post_sqlite", "post_pg", "full", "cold")
+
+# Variables of the service that must not leak in from the caller's environment.
+SERVICE_VARS = re.compile(
+    r"^(BIND_ADDR|DATABASE_\w+|METRICS_ADDR|LOG_FORMAT|LOG_LEVEL|AUTH_\w+|RATE_LIMIT_\w+|"
+    r"TRUST_FORWARDED_FOR|REQUEST_TIMEOUT_SECS|SHUTDOWN_GRACE_SECS|MAX_IN_FLIGHT|SKIP_MIGRATIONS)$"
+)
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw.removesuffix("s"))
+    except ValueError:
+        sys.exit(f"{name} must be an integer, got {raw!r}")
+    if value < 1:
+        sys.exit(f"{name} must be at least 1, got {value}")
+    return value
+
+
+@dataclass
+class Settings:
+    mode: str
+    duration: int
+    connections: int
+    threads: int
+    repeats: int
+    list_rows: int
+    full_rows: int
+    full_runs: int
+    full_concurrency: int
+    cold_runs: int
+    peer_workers: int
+    pg_url: str
+    skip_pg: bool
+    scenarios: tuple[str, ...]
+    out: Path
+    run_dir: Path
+    venv: Path
+    command: str
+
+    @classmethod
+    def from_env(cls, args: argparse.Namespace) -> "Settings":
+        smoke = args.smoke
+        scenarios = tuple(s.strip() for s in args.only.split(",")) if args.only else ALL_SCENARIOS
+        unknown = [s for s in scenarios if s not in ALL_SCENARIOS]
+        if unknown:
+            sys.exit(f"unknown scenario(s) {unknown}; choose from {', '.join(ALL_SCENARIOS)}")
+        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        mode = "smoke" if smoke else "full"
+        run_dir = BENCH / "results" / f"{stamp}-{mode}"
+        out = Path(args.out) if args.out else (run_dir / "BENCHMARKS.md" if smoke else BENCH / "BENCHMARKS.md")
+        return cls(
+            mode=mode,
+            duration=env_int("BENCH_DURATION", 2 if smoke else 10),
+            connections=env_int("BENCH_CONNECTIONS", 64),
+            threads=env_int("BENCH_THREADS", 2),
+            repeats=env_int("BENCH_REPEATS", 1 if smoke else 3),
+            list_rows=env_int("BENCH_LIST_ROWS", 10_000),
+            full_rows=env_int("BENCH_FULL_ROWS", 10_000 if smoke else 1_000_000),
+            full_runs=env_int("BENCH_FULL_RUNS", 1 if smoke else 3),
+            full_concurrency=env_int("BENCH_FULL_CONCURRENCY", 4 if smoke else 64),
+            cold_runs=env_int("BENCH_COLD_RUNS", 3 if smoke else 15),
+            peer_workers=env_int("BENCH_PEER_WORKERS", os.cpu_count() or 1),
+            pg_url=os.environ.get("BENCH_PG_URL", "postgres://postgres@127.0.0.1:5432/test"),
+            skip_pg=os.environ.get("BENCH_SKIP_PG", "") == "1",
+            scenarios=scenarios,
+            out=out,
+            run_dir=run_dir,
+            venv=Path(args.venv),
+            command=args.command,
+        )
+
+
+# --- processes and probes ---------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_status(port: int, path: str, timeout: float = 1.0) -> int | None:
+    """Status code of GET path on 127.0.0.1:port, or None when nothing answers."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+            s.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
+            head = s.recv(64)
+    except OSError:
+        return None
+    m = re.match(rb"HTTP/1\.[01] (\d{3})", head)
+    return int(m.group(1)) if m else None
+
+
+def children_of(pid: int) -> list[int]:
+    """Descendants of pid (uvicorn's workers), read from /proc."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            parents[int(entry.name)] = ppid
+    found, frontier = [], [pid]
+    while frontier and len(found) < 256:
+        p = frontier.pop()
+        kids = [c for c, pp in parents.items() if pp == p]
+        found += kids
+        frontier += kids
+    return found
+
+
+def status_kb(pid: int, key: str) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+class Server:
+    """A server process in its own process group, stopped by its id."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], port: int, probe: str,
+                 log_path: Path, cwd: Path | None = None) -> None:
+        self.name, self.argv, self.env, self.port, self.probe = name, argv, env, port, probe
+        self.log_path, self.cwd = log_path, cwd
+        self.proc: subprocess.Popen | None = None
+
+    def spawn(self) -> None:
+        with open(self.log_path, "ab") as out:
+            self.proc = subprocess.Popen(self.argv, env=self.env, cwd=self.cwd, stdout=out,
+                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         start_new_session=True)
+
+    def wait_ready(self, timeout: float, interval: float = 0.0005) -> float:
+        """Seconds from now until the probe answers 200 (busy polling, bounded by timeout)."""
+        assert self.proc is not None
+        start = time.perf_counter()
+        deadline = start + timeout
+        while time.perf_counter() < deadline:
+            if http_status(self.port, self.probe, timeout=timeout) == 200:
+                return time.perf_counter() - start
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}; see {self.log_path}")
+            time.sleep(interval)
+        raise RuntimeError(f"{self.name} not ready within {timeout:.0f}s; see {self.log_path}")
+
+    def start(self, timeout: float = 60.0) -> "Server":
+        self.spawn()
+        self.wait_ready(timeout, interval=0.01)
+        if self.name == "fastapi":
+            self.wait_workers()
+        return self
+
+    def wait_workers(self) -> None:
+        """uvicorn's first worker answers before the others are up: wait for all of them."""
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            # --workers N: the supervisor, N workers and multiprocessing's helper process.
+            if len(children_of(self.pid)) >= int(self.argv[self.argv.index("--workers") + 1]):
+                time.sleep(1.0)  # let every worker finish its start-up
+                return
+            time.sleep(0.1)
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def pids(self) -> list[int]:
+        return [self.pid, *children_of(self.pid)]
+
+    def rss_kb(self) -> int:
+        return sum(status_kb(p, "VmRSS") for p in self.pids())
+
+    def hwm_kb(self) -> int:
+        """Peak RSS: VmHWM of the process (summed over its workers for a process tree)."""
+        return sum(status_kb(p, "VmHWM") for p in self.pids())
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=5)
+        except ProcessLookupError:
+            pass
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not SERVICE_VARS.match(k)}
+    env.update(extra)
+    return env
+
+
+# --- load generators -------------------------------------------------------------------------
+
+
+def run_wrk(s: Settings, url: str, duration: int, script: str = "report.lua",
+            args: list[str] | None = None, tag: str = "") -> dict[str, Any]:
+    cmd = ["wrk", f"-t{s.threads}", f"-c{s.connections}", f"-d{duration}s", "--timeout", "10s",
+           "-s", str(LIB / script), url]
+    if args:
+        cmd += ["--", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60)
+    if tag:
+        (s.run_dir / f"wrk-{tag}.txt").write_text(shlex.join(cmd) + "\n" + proc.stdout + proc.stderr)
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("WRK_JSON ")), None)
+    if proc.returncode != 0 or line is None:
+        raise RuntimeError(f"wrk failed ({proc.returncode}): {proc.stderr.strip() or proc.stdout[-500:]}")
+    data = json.loads(line.removeprefix("WRK_JSON "))
+    seconds = data["duration_us"] / 1e6
+    errors = data["errors"]
+    return {
+        "rps": data["requests"] / seconds if seconds else 0.0,
+        "requests": data["requests"],
+        "p50_ms": data["latency_us"]["p50"] / 1000,
+        "p90_ms": data["latency_us"]["p90"] / 1000,
+        "p99_ms": data["latency_us"]["p99"] / 1000,
+        "max_ms": data["latency_us"]["max"] / 1000,
+        "non_2xx": errors["status"],
+        "socket_errors": errors["connect"] + errors["read"] + errors["write"] + errors["timeout"],
+    }
+
+
+@dataclass
+class PgTarget:
+    url: str
+    host: str
+    port: str
+    user: str
+    database: str
+
+    @classmethod
+    def parse(cls, url: str) -> "PgTarget":
+        u = urllib.parse.urlsplit(url)
+        if u.hostname not in ("127.0.0.1", "localhost", "::1"):
+            sys.exit(f"BENCH_PG_URL must point at the loopback interface, got {u.hostname!r}")
+        return cls(url, u.hostname or "127.0.0.1", str(u.port or 5432), urllib.parse.unquote(u.username or "postgres"),
+                   u.path.lstrip("/") or "postgres")
+
+    def psql(self, sql: str) -> str:
+        proc = subprocess.run(["psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-h", self.host, "-p", self.port,
+                               "-U", self.user, "-d", self.database, "-c", sql],
+                              capture_output=True, text=True, timeout=60)
+        if proc.returncode != 0:
+            raise RuntimeError(f"psql failed: {proc.stderr.strip()}")
+        return proc.stdout.strip()
+
+    def schema_url(self, schema: str) -> str:
+        sep = "&" if "?" in self.url else "?"
+        return f"{self.url}{sep}options=-csearch_path%3D{schema}"
+
+
+def run_pgbench(s: Settings, pg: PgTarget, schema: str, duration: int, tag: str) -> dict[str, Any]:
+    log_dir = s.run_dir / f"pgbench-{tag}"
+    log_dir.mkdir(exist_ok=True)
+    cmd = ["pgbench", "-n", "-M", "prepared", "-c", str(s.connections), "-j", str(s.threads), "-T", str(duration),
+           "-f", str(LIB / "pg_insert.sql"), "-l", "--log-prefix", str(log_dir / "tx"),
+           "-h", pg.host, "-p", pg.port, "-U", pg.user, pg.database]
+    env = dict(os.environ, PGOPTIONS=f"-c search_path={schema}")
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 120, env=env)
+    (s.run_dir / f"pgbench-{tag}.txt").write_text(shlex.join(cmd) + "\n" + proc.stdout + proc.stderr)
+    m = re.search(r"tps = ([\d.]+) \(without initial connection time\)", proc.stdout)
+    if proc.returncode != 0 or not m:
+        raise RuntimeError(f"pgbench failed ({proc.returncode}): {proc.stderr.strip()[-800:]}")
+    latencies = []
+    for f in log_dir.iterdir():
+        with f.open() as fh:
+            for line in fh:
+                parts = line.split()
+                if len(parts) >= 3 and parts[2].isdigit():
+                    latencies.append(int(parts[2]))
+        f.unlink()
+    latencies.sort()
+    failed = re.search(r"number of failed transactions: (\d+)", proc.stdout)
+
+    def pct(p: float) -> float:
+        return latencies[min(len(latencies) - 1, int(len(latencies) * p / 100))] / 1000 if latencies else float("nan")
+
+    return {"rps": float(m.group(1)), "requests": len(latencies), "p50_ms": pct(50), "p90_ms": pct(90),
+            "p99_ms": pct(99), "max_ms": latencies[-1] / 1000 if latencies else float("nan"),
+            "non_2xx": int(failed.group(1)) if failed else 0, "socket_errors": 0}
+
+
+def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    if not runs:
+        return {}
+    out = {k: statistics.median(r[k] for r in runs) for k in ("rps", "p50_ms", "p90_ms", "p99_ms", "max_ms")}
+    out["rps_min"] = min(r["rps"] for r in runs)
+    out["rps_max"] = max(r["rps"] for r in runs)
+    out["non_2xx"] = sum(r["non_2xx"] for r in runs)
+    out["socket_errors"] = sum(r["socket_errors"] for r in runs)
+    out["requests"] = sum(r["requests"] for r in runs)
+    out["runs"] = runs
+    return out
+
+
+# --- data ------------------------------------------------------------------------------------
+
+SEED_SQL = """
+WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?)
+INSERT INTO users (id, name, email, email_key, created_at)
+SELECT i, 'Bench User', 'User' || i || '@example.com', 'user' || i || '@example.com',
+       '2026-01-01T00:00:00.' || printf('%06d', i % 1000000) || 'Z'
+FROM n
+"""
+
+
+def migrate_sqlite(path: Path) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    proc = subprocess.run([str(SERVICE_BIN), "migrate"], env=clean_env(DATABASE_URL=f"sqlite://{path}"),
+                          capture_output=True, text=True, timeout=120)
+    if proc.returncode != 0:
+        raise RuntimeError(f"users-api migrate failed: {proc.stdout}{proc.stderr}")
+
+
+def seeded_sqlite(s: Settings, name: str, rows: int) -> Path:
+    """A migrated SQLite database with `rows` users, written straight into the service's schema."""
+    path = s.run_dir / f"{name}.db"
+    migrate_sqlite(path)
+    if rows:
+        t0 = time.perf_counter()
+        conn = sqlite3.connect(path)
+        with conn:
+            conn.execute(SEED_SQL, (rows,))
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        conn.close()
+        log(f"seeded {rows:,} users into {path.name} in {time.perf_counter() - t0:.1f}s")
+    return path
+
+
+def copy_db(src: Path, dst: Path) -> Path:
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{dst}{suffix}").unlink(missing_ok=True)
+    shutil.copyfile(src, dst)
+    return dst
+
+
+# --- targets ---------------------------------------------------------------------------------
+
+
+class Targets:
+    def __init__(self, s: Settings) -> None:
+        self.s = s
+
+    def service(self, tag: str, database_url: str) -> Server:
+        port = free_port()
+        env = clean_env(BIND_ADDR=f"127.0.0.1:{port}", DATABASE_URL=database_url,
+                        METRICS_ADDR=f"127.0.0.1:{free_port()}", LOG_FORMAT="json", LOG_LEVEL="info")
+        return Server("users-api", [str(SERVICE_BIN), "serve"], env, port, "/ready",
+                      self.s.run_dir / f"{tag}-users-api.log")
+
+    def hello(self, tag: str) -> Server:
+        port = free_port()
+        return Server("hello", [str(HELLO_BIN)], clean_env(BIND_ADDR=f"127.0.0.1:{port}"), port, "/health",
+                      self.s.run_dir / f"{tag}-hello.log")
+
+    def peer(self, tag: str, db_path: Path) -> Server:
+        port = free_port()
+        argv = [str(self.s.venv / "bin" / "uvicorn"), "app:app", "--host", "127.0.0.1", "--port", str(port),
+                "--workers", str(self.s.peer_workers)]
+        return Server("fastapi", argv, clean_env(DATABASE_PATH=str(db_path)), port, "/ready",
+                      self.s.run_dir / f"{tag}-fastapi.log", cwd=PEER_DIR)
+
+
+def trim_logs(run_dir: Path, keep_lines: int = 200) -> None:
+    """Access logs of a load run are large: keep their tail only."""
+    for f in run_dir.glob("*.log"):
+        if f.stat().st_size > 1_000_000:
+            proc = subprocess.run(["tail", "-n", str(keep_lines), str(f)], capture_output=True)
+            f.write_bytes(proc.stdout)
+
+
+# --- scenarios -------------------------------------------------------------------------------
+
+
+def load_scenario(s: Settings, tag: str, servers: dict[str, Server], path: str, script: str = "report.lua",
+                  pgbench: tuple[PgTarget, str] | None = None) -> dict[str, Any]:
+    """Runs wrk (or pgbench) against every target, interleaved, `repeats` times; medians per target."""
+    runs: dict[str, list] = {name: [] for name in servers}
+    if pgbench:
+        runs["pgbench"] = []
+    result: dict[str, Any] = {}
+    try:
+        for server in servers.values():
+            server.start()
+        for name, server in servers.items():  # warm-up: connections, caches, lazy pools
+            run_wrk(s, f"http://127.0.0.1:{server.port}{path}", 1, script, [f"w{tag}{name}{os.getpid()}"])
+        for rep in range(s.repeats):
+            for name, server in servers.items():
+                prefix = f"r{rep}{name}{os.getpid()}{int(time.time())}"
+                r = run_wrk(s, f"http://127.0.0.1:{server.port}{path}", s.duration, script, [prefix],
+                            tag=f"{tag}-{name}-{rep}")
+                runs[name].append(r)
+                log(f"  {tag} {name} #{rep + 1}: {r['rps']:,.0f} req/s p50 {r['p50_ms']:.2f} ms "
+                    f"p99 {r['p99_ms']:.2f} ms non-2xx {r['non_2xx']} socket errors {r['socket_errors']}")
+            if pgbench:
+                pg, schema = pgbench
+                r = run_pgbench(s, pg, schema, s.duration, tag=f"{tag}-{rep}")
+                runs["pgbench"].append(r)
+                log(f"  {tag} pgbench #{rep + 1}: {r['rps']:,.0f} tx/s p50 {r['p50_ms']:.2f} ms "
+                    f"p99 {r['p99_ms']:.2f} ms failed {r['non_2xx']}")
+        for name, server in servers.items():
+            result[name] = median_of(runs[name]) | {"peak_rss_kb": server.hwm_kb(), "processes": len(server.pids())}
+        if pgbench:
+            result["pgbench"] = median_of(runs["pgbench"])
+    finally:
+        for server in servers.values():
+            server.stop()
+        trim_logs(s.run_dir)
+    return result
+
+
+def scenario_health(s: Settings, t: Targets) -> dict[str, Any]:
+    db = s.run_dir / "health.db"
+    migrate_sqlite(db)
+    peer_db = copy_db(db, s.run_dir / "health-peer.db")
+    return load_scenario(s, "health", {"users-api": t.service("health", f"sqlite://{db}"), "hello": t.hello("health"),
+                                       "fastapi": t.peer("health", peer_db)}, "/health")
+
+
+def scenario_list(s: Settings, t: Targets) -> dict[str, Any]:
+    db = seeded_sqlite(s, "list", s.list_rows)
+    peer_db = copy_db(db, s.run_dir / "list-peer.db")
+    res = load_scenario(s, "list", {"users-api": t.service("list", f"sqlite://{db}"),
+                                    "fastapi": t.peer("list", peer_db)}, "/users?limit=100")
+    res["rows"] = s.list_rows
+    return res
+
+
+def count_users(db: Path) -> int:
+    conn = sqlite3.connect(db)
+    try:
+        return conn.execute("SELECT count(*) FROM users").fetchone()[0]
+    finally:
+        conn.close()
+
+
+def scenario_post_sqlite(s: Settings, t: Targets) -> dict[str, Any]:
+    db = s.run_dir / "post.db"
+    migrate_sqlite(db)
+    peer_db = copy_db(db, s.run_dir / "post-peer.db")
+    res = load_scenario(s, "post_sqlite", {"users-api": t.service("post_sqlite", f"sqlite://{db}"),
+                                           "fastapi": t.peer("post_sqlite", peer_db)}, "", script="post_user.lua")
+    # Every acknowledged 201 must be a row: the counts prove the load really wrote.
+    for name, path in (("users-api", db), ("fastapi", peer_db)):
+        res[name]["rows_after"] = count_users(path)
+    return res
+
+
+def scenario_post_pg(s: Settings, t: Targets) -> dict[str, Any]:
+    pg = PgTarget.parse(s.pg_url)
+    stamp = f"{os.getpid()}_{int(time.time())}"
+    svc_schema, bench_schema = f"bench_svc_{stamp}", f"bench_pgb_{stamp}"
+    try:
+        for schema in (svc_schema, bench_schema):
+            pg.psql(f"CREATE SCHEMA {schema}")
+            proc = subprocess.run([str(SERVICE_BIN), "migrate"], env=clean_env(DATABASE_URL=pg.schema_url(schema)),
+                                  capture_output=True, text=True, timeout=120)
+            if proc.returncode != 0:
+                raise RuntimeError(f"users-api migrate on PostgreSQL failed: {proc.stdout}{proc.stderr}")
+        res = load_scenario(s, "post_pg", {"users-api": t.service("post_pg", pg.schema_url(svc_schema))}, "",
+                            script="post_user.lua", pgbench=(pg, bench_schema))
+        res["users-api"]["rows_after"] = int(pg.psql(f"SELECT count(*) FROM {svc_schema}.users"))
+        res["pgbench"]["rows_after"] = int(pg.psql(f"SELECT count(*) FROM {bench_schema}.users"))
+        res["server_version"] = pg.psql("SHOW server_version")
+        res["max_connections_pool"] = 10
+        return res
+    finally:
+        for schema in (svc_schema, bench_schema):
+            try:
+                pg.psql(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+            except RuntimeError as e:
+                log(f"could not drop schema {schema}: {e}")
+
+
+def curl_full(port: int, out: str, max_time: int) -> dict[str, Any]:
+    proc = subprocess.run(["curl", "-sS", "--max-time", str(max_time), "-o", out, "-w",
+                           "%{http_code} %{size_download} %{time_starttransfer} %{time_total}",
+                           f"http://127.0.0.1:{port}/users"], capture_output=True, text=True, timeout=max_time + 30)
+    if proc.returncode != 0:
+        raise RuntimeError(f"curl failed: {proc.stderr.strip()}")
+    code, size, ttfb, total = proc.stdout.split()
+    return {"status": int(code), "bytes": int(size), "ttfb_s": float(ttfb), "seconds": float(total)}
+
+
+def check_full_body(path: Path, rows: int) -> None:
+    """The body is one JSON array holding every row (counted without parsing 100 MB in Python)."""
+    with path.open("rb") as f:
+        data = f.read()
+    ids = data.count(b'{"id":')
+    if not (data.startswith(b"[{") and data.endswith(b"}]") and ids == rows):
+        raise RuntimeError(f"full list body is wrong: {ids} users (want {rows}), {len(data)} bytes")
+
+
+def scenario_full(s: Settings, t: Targets) -> dict[str, Any]:
+    db = seeded_sqlite(s, "full", s.full_rows)
+    peer_db = copy_db(db, s.run_dir / "full-peer.db")
+    max_time = 900
+    result: dict[str, Any] = {"rows": s.full_rows, "concurrency": s.full_concurrency}
+    for name, server in (("users-api", t.service("full", f"sqlite://{db}")), ("fastapi", t.peer("full", peer_db))):
+        try:
+            server.start()
+            time.sleep(0.5)
+            idle = server.rss_kb()
+            body = s.run_dir / f"full-{name}.json"
+            first = curl_full(server.port, str(body), max_time)
+            check_full_body(body, s.full_rows)
+            body.unlink()
+            runs = [first] + [curl_full(server.port, "/dev/null", max_time) for _ in range(s.full_runs - 1)]
+            if any(r["status"] != 200 for r in runs):
+                raise RuntimeError(f"{name}: full list answered {[r['status'] for r in runs]}")
+            peak_single = server.hwm_kb()
+            seconds = statistics.median(r["seconds"] for r in runs)
+            log(f"  full {name}: {s.full_rows:,} users, {runs[0]['bytes'] / 1e6:.1f} MB in {seconds:.2f}s "
+                f"(median of {len(runs)}), RSS idle {idle / 1024:.1f} MB peak {peak_single / 1024:.1f} MB")
+            # The same download by many clients at once: memory must stay bounded per stream.
+            conc = concurrent_full(server.port, s.full_concurrency, max_time)
+            peak_conc = server.hwm_kb()
+            log(f"  full {name} x{s.full_concurrency}: {conc['ok']}/{s.full_concurrency} complete in "
+                f"{conc['wall_s']:.1f}s, peak RSS {peak_conc / 1024:.1f} MB")
+            result[name] = {"bytes": runs[0]["bytes"], "seconds": seconds, "ttfb_s": statistics.median(
+                r["ttfb_s"] for r in runs), "runs": runs, "idle_rss_kb": idle, "peak_rss_kb": peak_single,
+                "growth_kb": peak_single - idle, "concurrent": conc, "peak_rss_concurrent_kb": peak_conc,
+                "growth_concurrent_kb": peak_conc - idle}
+        finally:
+            server.stop()
+            trim_logs(s.run_dir)
+    return result
+
+
+def concurrent_full(port: int, n: int, max_time: int) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    procs = [subprocess.Popen(["curl", "-sS", "--max-time", str(max_time), "-o", "/dev/null", "-w",
+                               "%{http_code} %{size_download} %{time_total}", f"http://127.0.0.1:{port}/users"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(n)]
+    ok, sizes, times = 0, [], []
+    for p in procs:
+        try:
+            out, _ = p.communicate(timeout=max_time + 30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            out, _ = p.communicate()
+        parts = out.split()
+        if p.returncode == 0 and len(parts) == 3 and parts[0] == "200":
+            ok += 1
+            sizes.append(int(parts[1]))
+            times.append(float(parts[2]))
+    wall = time.perf_counter() - t0
+    return {"clients": n, "ok": ok, "wall_s": wall, "bytes_total": sum(sizes),
+            "median_client_s": statistics.median(times) if times else float("nan")}
+
+
+def cold_starts(server: Server, runs: int) -> dict[str, Any]:
+    """Process spawn to the first 200 on the probe, polled in a tight loop; fresh process each run."""
+    times = []
+    for _ in range(runs):
+        try:
+            t0 = time.perf_counter()
+            server.spawn()
+            server.wait_ready(30.0, interval=0.001)
+            times.append((time.perf_counter() - t0) * 1000)
+        finally:
+            server.stop()
+        time.sleep(0.2)
+    return {"median_ms": statistics.median(times), "min_ms": min(times), "max_ms": max(times), "runs": times}
+
+
+def scenario_cold(s: Settings, t: Targets) -> dict[str, Any]:
+    db = seeded_sqlite(s, "cold", s.list_rows)
+    peer_db = copy_db(db, s.run_dir / "cold-peer.db")
+    result: dict[str, Any] = {"rows": s.list_rows}
+    targets = [("users-api", t.service("cold", f"sqlite://{db}")), ("hello", t.hello("cold")),
+               ("fastapi", t.peer("cold", peer_db))]
+    schema = None
+    pg = None
+    if not s.skip_pg:
+        pg = PgTarget.parse(s.pg_url)
+        schema = f"bench_cold_{os.getpid()}_{int(time.time())}"
+        pg.psql(f"CREATE SCHEMA {schema}")
+        targets.insert(1, ("users-api-pg", t.service("cold-pg", pg.schema_url(schema))))
+    try:
+        for name, server in targets:
+            server.start()  # first start: creates/migrates, fills the page cache; not counted
+            server.stop()
+            r = cold_starts(server, s.cold_runs)
+            log(f"  cold start {name}: median {r['median_ms']:.1f} ms (min {r['min_ms']:.1f}, max "
+                f"{r['max_ms']:.1f}, {s.cold_runs} runs)")
+            result[name] = r
+    finally:
+        if pg and schema:
+            pg.psql(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+    return result
+
+
+# --- machine facts ---------------------------------------------------------------------------
+
+
+def sh(cmd: list[str]) -> str:
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+
+
+def machine_facts() -> dict[str, str]:
+    cpu = "?"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    mem_kb = status_kb_meminfo("MemTotal")
+    return {
+        "nproc": sh(["nproc"]),
+        "cpu": cpu,
+        "memory": f"{mem_kb / 1024 / 1024:.0f} GiB",
+        "kernel": platform.release(),
+        "os": sh(["sh", "-c", ". /etc/os-release && echo $PRETTY_NAME"]),
+        "rustc": sh(["rustc", "--version"]),
+        "wrk": sh(["sh", "-c", "wrk -v 2>&1 | head -1"]).split(" Copyright")[0],
+        "pgbench": sh(["pgbench", "--version"]),
+        "python": sh(["sh", "-c", "python3 --version"]),
+    }
+
+
+def status_kb_meminfo(key: str) -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def loadavg() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+# --- main ------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--only", default="")
+    ap.add_argument("--out", default="")
+    ap.add_argument("--venv", required=True)
+    ap.add_argument("--command", default="bench/run")
+    args = ap.parse_args()
+    s = Settings.from_env(args)
+    if s.skip_pg and "post_pg" in s.scenarios:
+        s.scenarios = tuple(x for x in s.scenarios if x != "post_pg")
+    s.run_dir.mkdir(parents=True, exist_ok=True)
+    latest = BENCH / "results" / "latest"
+    latest.unlink(missing_ok=True)
+    latest.symlink_to(s.run_dir.name)
+    for binary in (SERVICE_BIN, HELLO_BIN):
+        if not binary.exists():
+            sys.exit(f"{binary} is missing: build it first (bench/run does)")
+
+    results: dict[str, Any] = {
+        "mode": s.mode, "command": s.command, "started": datetime.datetime.now(datetime.timezone.utc).isoformat(
+            timespec="seconds"), "settings": {k: v for k, v in vars(s).items() if k not in ("out", "run_dir", "venv")}
+        | {"scenarios": list(s.scenarios)}, "machine": machine_facts(), "load_before": loadavg(), "scenarios": {},
+        "errors": {}}
+    log(f"{s.mode} run: {s.duration}s per load run x {s.repeats}, c{s.connections} t{s.threads}, "
+        f"results in {s.run_dir.relative_to(ROOT)}; load average {results['load_before']}")
+    t = Targets(s)
+    t_start = time.perf_counter()
+    runners = {"health": scenario_health, "list": scenario_list, "post_sqlite": scenario_post_sqlite,
+               "post_pg": scenario_post_pg, "full": scenario_full, "cold": scenario_cold}
+    for name in s.scenarios:
+        log(f"scenario {name}")
+        try:
+            results["scenarios"][name] = runners[name](s, t)
+        except Exception as e:  # noqa: BLE001 - one failing scenario must not hide the others
+            log(f"scenario {name} FAILED: {e}")
+            results["errors"][name] = str(e)
+        (s.run_dir / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    results["load_after"] = loadavg()
+    results["elapsed_s"] = round(time.perf_counter() - t_start, 1)
+    results["finished"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    (s.run_dir / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    for f in s.run_dir.glob("*.db*"):
+        f.unlink()
+
+    sys.path.insert(0, str(LIB))
+    import report  # noqa: PLC0415
+
+    markdown = report.render(results, analysis=BENCH / "analysis.md")
+    s.out.parent.mkdir(parents=True, exist_ok=True)
+    s.out.write_text(markdown)
+    if s.out.resolve() != (s.run_dir / "BENCHMARKS.md").resolve():
+        (s.run_dir / "BENCHMARKS.md").write_text(markdown)
+    log(f"wrote {s.out.relative_to(ROOT) if s.out.is_relative_to(ROOT) else s.out} in {results['elapsed_s']:.0f}s; "
+        f"load average {results['load_after']}")
+    print(report.summary(results))
+    return 1 if results["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,335 @@
+"""Renders results.json (written by bench.py) as BENCHMARKS.md: the ratio chart first, then the
+targets, the tables, the method, the machine and the command."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+MB = 1_000_000  # the issue's "MB": decimal megabytes
+
+
+@dataclass
+class Target:
+    label: str  # table row
+    short: str  # chart label
+    measured: float | None
+    required: float
+    higher_is_better: bool
+    unit: str  # "x", "ms", "MB"
+    note: str = ""
+
+    @property
+    def met(self) -> bool | None:
+        if self.measured is None or math.isnan(self.measured):
+            return None
+        return self.measured >= self.required if self.higher_is_better else self.measured <= self.required
+
+    @property
+    def score(self) -> float | None:
+        """Measured over required, turned so that 1.0 is the target and more is better."""
+        if self.met is None:
+            return None
+        if self.higher_is_better:
+            return self.measured / self.required
+        return self.required / self.measured if self.measured > 0 else float("inf")
+
+    def fmt(self, value: float) -> str:
+        if self.unit == "x":
+            return f"{value:.2f}×" if value < 10 else f"{value:.0f}×"
+        if self.unit == "ms":
+            return f"{value:.1f} ms" if value < 100 else f"{value:.0f} ms"
+        return f"{value:.1f} {self.unit}"
+
+    @property
+    def requirement(self) -> str:
+        return ("≥ " if self.higher_is_better else "≤ ") + self.fmt(self.required)
+
+    @property
+    def margin(self) -> str:
+        if self.met is None:
+            return "not measured"
+        m = self.measured
+        if self.higher_is_better:
+            pct = (m / self.required - 1) * 100
+            return f"{pct:+.0f}% over the target" if pct >= 0 else f"short by {-pct:.0f}% ({m / self.required:.2f} of the target)"
+        if m <= self.required:
+            return f"{(1 - m / self.required) * 100:.0f}% under the limit"
+        return f"over by {(m / self.required - 1) * 100:.0f}% ({m / self.required:.1f}× the limit)"
+
+
+def g(d: dict | None, *keys: str) -> Any:
+    for k in keys:
+        if not isinstance(d, dict) or k not in d:
+            return None
+        d = d[k]
+    return d
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b not in (None, 0) else None
+
+
+def targets(res: dict[str, Any]) -> list[Target]:
+    sc = res["scenarios"]
+    ceiling = g(sc, "health", "hello", "rps")
+    t = [
+        Target("GET /health vs the hello ceiling", "health/hello", ratio(g(sc, "health", "users-api", "rps"), ceiling),
+               0.9, True, "x"),
+        Target("GET /users?limit=100 vs the hello ceiling", "list/hello", ratio(g(sc, "list", "users-api", "rps"), ceiling),
+               0.3, True, "x"),
+        Target("POST /user (SQLite) vs the hello ceiling", "POST-sqlite/hello",
+               ratio(g(sc, "post_sqlite", "users-api", "rps"), ceiling), 0.3, True, "x"),
+        Target("POST /user (SQLite) p99 latency", "POST-sqlite p99", g(sc, "post_sqlite", "users-api", "p99_ms"),
+               10.0, False, "ms"),
+        Target("POST /user (PostgreSQL) vs pgbench's single-row INSERT", "POST-pg/pgbench",
+               ratio(g(sc, "post_pg", "users-api", "rps"), g(sc, "post_pg", "pgbench", "rps")), 1.0, True, "x"),
+        Target("GET /health vs FastAPI", "health/FastAPI",
+               ratio(g(sc, "health", "users-api", "rps"), g(sc, "health", "fastapi", "rps")), 30, True, "x"),
+        Target("GET /users?limit=100 vs FastAPI", "list/FastAPI",
+               ratio(g(sc, "list", "users-api", "rps"), g(sc, "list", "fastapi", "rps")), 30, True, "x"),
+        Target("POST /user (SQLite) vs FastAPI", "POST/FastAPI",
+               ratio(g(sc, "post_sqlite", "users-api", "rps"), g(sc, "post_sqlite", "fastapi", "rps")), 30, True, "x"),
+        Target("full GET /users: FastAPI's time over the service's", "full/FastAPI",
+               ratio(g(sc, "full", "fastapi", "seconds"), g(sc, "full", "users-api", "seconds")), 30, True, "x"),
+        Target("cold start to /ready: FastAPI's time over the service's", "cold/FastAPI",
+               ratio(g(sc, "cold", "fastapi", "median_ms"), g(sc, "cold", "users-api", "median_ms")), 30, True, "x"),
+    ]
+    load_rss = [g(sc, k, "users-api", "peak_rss_kb") for k in ("health", "list", "post_sqlite", "post_pg")]
+    load_rss = [v for v in load_rss if v]
+    t.append(Target("peak RSS under load (largest of the load scenarios)", "peak RSS",
+                    max(load_rss) * 1024 / MB if load_rss else None, 30, False, "MB"))
+    growth = g(sc, "full", "users-api", "growth_kb")
+    t.append(Target(f"full GET /users of {g(sc, 'full', 'rows') or 0:,} users: peak RSS over idle", "full RSS growth",
+                    growth * 1024 / MB if growth is not None else None, 20, False, "MB"))
+    t.append(Target("cold start to first /ready 200 (SQLite)", "cold start", g(sc, "cold", "users-api", "median_ms"),
+                    100, False, "ms"))
+    if g(sc, "cold", "users-api-pg") is not None:
+        t.append(Target("cold start to first /ready 200 (PostgreSQL)", "cold start pg",
+                        g(sc, "cold", "users-api-pg", "median_ms"), 100, False, "ms"))
+    return t
+
+
+def chart(ts: list[Target]) -> str:
+    shown = [x for x in ts if x.score is not None]
+    if not shown:
+        return "_No target could be measured in this run._\n"
+    cap = 5.0
+    scores = [min(x.score, cap) for x in shown]
+    top = max(2.0, math.ceil(max(scores) * 2) / 2)
+    labels = ", ".join(f'"{x.short}"' for x in shown)
+    capped = any(x.score > cap for x in shown)
+    out = ["```mermaid", "xychart-beta",
+           '    title "Measured against target (1.0 = target; above the line meets it)"',
+           f"    x-axis [{labels}]", f'    y-axis "measured / target" 0 --> {top:g}',
+           f"    bar [{', '.join(f'{v:.2f}' for v in scores)}]",
+           f"    line [{', '.join('1' for _ in shown)}]", "```", ""]
+    out.append("Each bar is the measured ratio divided by its target (for latency, memory and start-up, "
+               "the limit divided by the measurement), so every target sits at 1.0"
+               + (f"; bars are cut at {cap:g}." if capped else "."))
+    return "\n".join(out) + "\n"
+
+
+def fmt_rps(v: float | None) -> str:
+    return "—" if v is None else f"{v:,.0f}"
+
+
+def fmt_ms(v: float | None) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "—"
+    return f"{v:.2f}" if v < 10 else f"{v:.1f}" if v < 100 else f"{v:.0f}"
+
+
+def fmt_mb_kb(kb: int | None) -> str:
+    return "—" if kb is None else f"{kb * 1024 / MB:.1f}"
+
+
+LOAD_SCENARIOS = [
+    ("health", "GET /health", ["users-api", "hello", "fastapi"]),
+    ("list", "GET /users?limit=100", ["users-api", "fastapi"]),
+    ("post_sqlite", "POST /user, SQLite, a new email per request", ["users-api", "fastapi"]),
+    ("post_pg", "POST /user, PostgreSQL, a new email per request", ["users-api", "pgbench"]),
+]
+TARGET_NAMES = {
+    "users-api": "users-api",
+    "hello": "hello (axum ceiling)",
+    "fastapi": "FastAPI peer",
+    "pgbench": "pgbench INSERT (PG ceiling)",
+}
+
+
+def load_table(res: dict[str, Any]) -> str:
+    sc = res["scenarios"]
+    ceiling = g(sc, "health", "hello", "rps")
+    rows = ["| scenario | server | req/s (median) | range over runs | p50 ms | p99 ms | peak RSS MB | vs hello | failed |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for key, title, names in LOAD_SCENARIOS:
+        if key not in sc:
+            err = res.get("errors", {}).get(key)
+            rows.append(f"| {title} | — | not run{': ' + err[:80] if err else ''} | | | | | | |")
+            continue
+        for name in names:
+            r = sc[key].get(name)
+            if not r:
+                continue
+            rss = r.get("peak_rss_kb")
+            procs = r.get("processes", 1)
+            rss_s = fmt_mb_kb(rss) + (f" ({procs} processes)" if procs and procs > 1 else "")
+            if name == "pgbench":
+                rss_s = "n/a"
+            vs = ratio(r["rps"], ceiling) if name != "pgbench" else None
+            failed = r.get("non_2xx", 0) + r.get("socket_errors", 0)
+            rows.append(f"| {title} | {TARGET_NAMES[name]} | {fmt_rps(r['rps'])} | {fmt_rps(r['rps_min'])}–"
+                        f"{fmt_rps(r['rps_max'])} | {fmt_ms(r['p50_ms'])} | {fmt_ms(r['p99_ms'])} | {rss_s} | "
+                        f"{'—' if vs is None else f'{vs:.2f}×'} | {failed} |")
+    return "\n".join(rows) + "\n"
+
+
+def full_table(res: dict[str, Any]) -> str:
+    f = res["scenarios"].get("full")
+    if not f:
+        return f"Not run{': ' + res['errors']['full'] if 'full' in res.get('errors', {}) else ''}.\n"
+    rows = [f"One client downloads the whole table ({f['rows']:,} users) as one JSON array, "
+            f"then {f['concurrency']} clients download it at once.", "",
+            "| server | body MB | time to download (median) | first byte | throughput MB/s | idle RSS MB | "
+            "peak RSS MB | growth over idle MB | "
+            f"{f['concurrency']} at once: complete / wall s | {f['concurrency']} at once: peak RSS MB (growth) |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name in ("users-api", "fastapi"):
+        r = f.get(name)
+        if not r:
+            continue
+        c = r["concurrent"]
+        rows.append(f"| {TARGET_NAMES[name]} | {r['bytes'] / MB:.1f} | {r['seconds']:.2f} s | {r['ttfb_s'] * 1000:.1f} ms | "
+                    f"{r['bytes'] / MB / r['seconds']:.0f} | {fmt_mb_kb(r['idle_rss_kb'])} | {fmt_mb_kb(r['peak_rss_kb'])} | "
+                    f"{fmt_mb_kb(r['growth_kb'])} | {c['ok']}/{c['clients']} in {c['wall_s']:.1f} s | "
+                    f"{fmt_mb_kb(r['peak_rss_concurrent_kb'])} ({fmt_mb_kb(r['growth_concurrent_kb'])}) |")
+    return "\n".join(rows) + "\n"
+
+
+def cold_table(res: dict[str, Any]) -> str:
+    c = res["scenarios"].get("cold")
+    if not c:
+        return f"Not run{': ' + res['errors']['cold'] if 'cold' in res.get('errors', {}) else ''}.\n"
+    names = {"users-api": "users-api (SQLite, migrated file)", "users-api-pg": "users-api (PostgreSQL)",
+             "hello": "hello (to /health)", "fastapi": "FastAPI peer (uvicorn, 2 workers)"}
+    rows = ["| server | median ms | min ms | max ms | runs |", "|---|---:|---:|---:|---:|"]
+    for key, label in names.items():
+        r = c.get(key)
+        if r:
+            rows.append(f"| {label} | {r['median_ms']:.1f} | {r['min_ms']:.1f} | {r['max_ms']:.1f} | {len(r['runs'])} |")
+    return "\n".join(rows) + "\n"
+
+
+def targets_table(ts: list[Target]) -> str:
+    rows = ["| target | measured | required | status | margin |", "|---|---:|---:|---|---|"]
+    for x in ts:
+        status = {True: "**met**", False: "**missed**", None: "not measured"}[x.met]
+        measured = "—" if x.met is None else x.fmt(x.measured)
+        rows.append(f"| {x.label} | {measured} | {x.requirement} | {status} | {x.margin} |")
+    return "\n".join(rows) + "\n"
+
+
+def render(res: dict[str, Any], analysis: Path | None = None) -> str:
+    ts = targets(res)
+    s = res["settings"]
+    m = res["machine"]
+    met = sum(1 for x in ts if x.met)
+    measured = sum(1 for x in ts if x.met is not None)
+    smoke = res["mode"] == "smoke"
+    parts = [
+        "# Benchmarks",
+        "",
+        ("> **Smoke run** (short durations, small tables): proves the suite works; the figures are not "
+         "the measurement.\n" if smoke else ""),
+        f"Generated by `bench/run` on {res['started'][:10]} ({res['mode']} run, {res['elapsed_s']:.0f} s). "
+        f"Every figure below comes from this one run on one machine; the service is always compared with "
+        f"its ceilings and its peer measured minutes apart on the same cores. **{met} of {measured} targets met.**",
+        "",
+        chart(ts),
+        "## Targets",
+        "",
+        targets_table(ts),
+        "## Throughput and latency at concurrency " + str(s["connections"]),
+        "",
+        f"`wrk -t{s['threads']} -c{s['connections']} -d{s['duration']}s`, {s['repeats']} interleaved run(s) per "
+        f"server (median shown, range beside it); each server is a fresh process per scenario, so its peak RSS "
+        f"(VmHWM, summed over uvicorn's processes) belongs to that scenario. `failed` counts non-2xx answers, "
+        f"socket errors and timeouts (pgbench: failed transactions). GET /users?limit=100 reads a table of "
+        f"{s['list_rows']:,} users.",
+        "",
+        load_table(res),
+        "## Full list: GET /users",
+        "",
+        full_table(res),
+        "## Cold start to the first 200",
+        "",
+        "A fresh process per run, timed from spawn to the first 200 on `/ready` (hello: `/health`), polled in a "
+        "tight loop; the database file is already migrated and in the page cache (a restart, not a first boot).",
+        "",
+        cold_table(res),
+    ]
+    if analysis and analysis.exists() and not smoke:
+        parts += [analysis.read_text().rstrip() + "\n"]
+    parts += [
+        "## How it was measured",
+        "",
+        "- **users-api** runs as in production: release build, `LOG_FORMAT=json LOG_LEVEL=info` (one access-log line "
+        "per request, written to a file), the metrics listener on, default pool sizes "
+        "(`DATABASE_MAX_CONNECTIONS=10`), auth and rate limiting off. SQLite files live on the same disk as the "
+        "repository (WAL, `synchronous=FULL`: every acknowledged write is on disk).",
+        "- **hello** (`examples/hello.rs`) is the HTTP ceiling: the same axum version and tokio runtime flavour, one "
+        "route, no middleware, no logging. Ratios marked *vs hello* divide by its GET /health rate.",
+        f"- **FastAPI peer** (`bench/peers/fastapi/`): the same contract on FastAPI + uvicorn[standard] (uvloop, "
+        f"httptools) + sqlite3, WAL with `synchronous=FULL` like the service, run as production would run it: "
+        f"`uvicorn app:app --workers {s['peer_workers']}` (one worker per core), default access log on. It has no "
+        f"PostgreSQL store, so the PostgreSQL scenario compares with pgbench only.",
+        "- **pgbench** runs the service's single-row `INSERT … RETURNING id, created_at` on the same table and unique "
+        f"index (created by `users-api migrate` in its own fresh schema), `-M prepared -c {s['connections']} "
+        f"-j {s['threads']}`, a unique email per transaction (`:client_id` and a 63-bit random). Schemas are "
+        "dropped after the run.",
+        "- Every POST carries a new email (wrk Lua: run prefix, thread id, counter), so every answer must be 201; "
+        "row counts after each run are in `results.json`.",
+        "- Load generator and servers share the machine's cores, as the issue prescribes: absolute figures depend on "
+        "the machine and on what else runs on it; the ratios are the result.",
+        "",
+        "## Machine and run",
+        "",
+        f"- Command: `{res['command']}`",
+        f"- Date: {res['started']} → {res.get('finished', '?')} (UTC)",
+        f"- CPU: {m['cpu']}, nproc {m['nproc']}, memory {m['memory']}; {m['os']}, kernel {m['kernel']}",
+        f"- Load average (1, 5, 15 min) before: {res['load_before']}; after: {res.get('load_after', '?')}"
+        + (" — other work was running on the machine during this run" if busy(res) else ""),
+        f"- Tools: {m['rustc']}; {m['wrk']}; {m['pgbench']}; {m['python']}"
+        + (f"; PostgreSQL server {g(res['scenarios'], 'post_pg', 'server_version')}"
+           if g(res["scenarios"], "post_pg", "server_version") else ""),
+        f"- Settings: {s['duration']} s per load run, {s['repeats']} run(s) per server, {s['full_runs']} full "
+        f"download(s), {s['cold_runs']} cold starts per server (`BENCH_DURATION`, `BENCH_REPEATS`, `BENCH_FULL_ROWS`, "
+        "… in `bench/run --help`)",
+    ]
+    if res.get("errors"):
+        parts += ["", "## Scenarios that failed", ""]
+        parts += [f"- `{k}`: {v}" for k, v in res["errors"].items()]
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def busy(res: dict[str, Any]) -> bool:
+    try:
+        nproc = int(res["machine"]["nproc"])
+        before = float(res["load_before"].split()[0])
+        return before > 0.5 * nproc
+    except (KeyError, ValueError):
+        return False
+
+
+def summary(res: dict[str, Any]) -> str:
+    lines = ["", "target summary:"]
+    for x in targets(res):
+        status = {True: "met   ", False: "MISSED", None: "n/a   "}[x.met]
+        measured = "—" if x.met is None else x.fmt(x.measured)
+        lines.append(f"  {status} {x.label}: {measured} (required {x.requirement}; {x.margin})")
+    for k, v in res.get("errors", {}).items():
+        lines.append(f"  FAILED scenario {k}: {v}")
+    return "\n".join(lines)
