@@ -77,9 +77,9 @@ variable "enable_waf" {
 }
 
 variable "waf_rate_limit" {
-  description = "WAF: requests per 5 minutes per client IP before it is blocked."
+  description = "WAF: requests per 5 minutes per client IP before it is blocked (a flood backstop above the API's per-client rate limit)."
   type        = number
-  default     = 2000
+  default     = 20000
 
   validation {
     condition     = var.waf_rate_limit >= 100

@@ -102,9 +102,9 @@ variable "enable_waf" {
 }
 
 variable "waf_rate_limit" {
-  description = "Requests per 5 minutes from one client IP above which the WAF blocks that IP."
+  description = "Requests per 5 minutes from one client IP above which the WAF blocks that IP. A flood backstop: the default (about 67 requests/s) sits above the API's own per-client limit (50/s, answered with 429 and Retry-After), so well-behaved clients meet the API's limit first."
   type        = number
-  default     = 2000
+  default     = 20000
 
   validation {
     condition     = var.waf_rate_limit >= 100 && var.waf_rate_limit <= 2000000000

@@ -370,6 +370,9 @@ resource "aws_ecs_service" "this" {
   enable_ecs_managed_tags = true
   enable_execute_command  = false
 
+  # Spread tasks evenly over the zones again after a zone recovers.
+  availability_zone_rebalancing = "ENABLED"
+
   deployment_minimum_healthy_percent = 100
   deployment_maximum_percent         = 200
   health_check_grace_period_seconds  = var.health_check_grace_period
