@@ -63,6 +63,10 @@ pub struct DatabaseConfig {
     /// Password for a PostgreSQL URL given without one (e.g. injected from a secret store).
     #[arg(long, env = "DATABASE_PASSWORD", hide_env_values = true)]
     pub database_password: Option<String>,
+    /// CA bundle (PEM) to verify the PostgreSQL server's certificate; without it, sslmode=require
+    /// encrypts without verifying (as libpq does).
+    #[arg(long, env = "DATABASE_CA_FILE")]
+    pub database_ca_file: Option<PathBuf>,
     /// Database connections in the pool (readers, for SQLite).
     #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 10)]
     pub database_max_connections: usize,
@@ -229,6 +233,7 @@ impl DatabaseConfig {
             max_connections: self.database_max_connections,
             password: self.database_password.clone(),
             timeout: Duration::from_secs(self.database_timeout_secs),
+            ca_file: self.database_ca_file.clone(),
         }
     }
 }

@@ -308,3 +308,74 @@ async fn an_unexpected_failure_is_a_generic_500_that_leaks_nothing() {
     assert!(!text.contains("users") && !text.contains("table") && !text.contains("sqlite"), "{text}");
     assert_eq!(body["detail"], "an unexpected error occurred");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_with_sslmode_require_talks_tls() {
+    let app_name = format!("tls_{}", uuid::Uuid::new_v4().simple());
+    let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
+    common::admin_execute(&format!("CREATE SCHEMA {schema}")).await;
+    let url = format!(
+        "{}?sslmode=require&application_name={app_name}&options=-csearch_path%3D{schema}",
+        common::POSTGRES_ADMIN_URL
+    );
+    let config = common::serve_config(&[
+        "users-api",
+        "--bind-addr",
+        "127.0.0.1:0",
+        "--metrics-addr",
+        "off",
+        "--database-url",
+        &url,
+    ]);
+    let app = TestApp::start(config).await;
+    assert_eq!(app.create_user("Tls User", "tls@example.com").await.status(), 201);
+
+    let (client, connection) =
+        tokio_postgres::connect(common::POSTGRES_ADMIN_URL, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let row = client
+        .query_one(
+            "SELECT count(*) FILTER (WHERE s.ssl), count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.application_name = $1",
+            &[&app_name],
+        )
+        .await
+        .unwrap();
+    let (encrypted, total): (i64, i64) = (row.get(0), row.get(1));
+    assert!(total >= 1 && encrypted == total, "{encrypted} of {total} connections use TLS");
+    app.stop().await;
+    common::admin_execute(&format!("DROP SCHEMA {schema} CASCADE")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_tls_refuses_a_server_certificate_the_ca_file_does_not_vouch_for() {
+    // A CA that did not sign the server's certificate: verification must fail, quickly, as 503.
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("other-ca.pem");
+    let status = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=not-the-server"])
+        .arg("-keyout")
+        .arg(dir.path().join("key.pem"))
+        .arg("-out")
+        .arg(&ca)
+        .output()
+        .expect("openssl runs");
+    assert!(status.status.success());
+    let url = format!("{}?sslmode=require", common::POSTGRES_ADMIN_URL);
+    let ca_arg = ca.to_str().unwrap();
+    let config = common::serve_config(&[
+        "users-api",
+        "--bind-addr",
+        "127.0.0.1:0",
+        "--metrics-addr",
+        "off",
+        "--skip-migrations",
+        "--database-url",
+        &url,
+        "--database-ca-file",
+        ca_arg,
+        "--database-timeout-secs",
+        "2",
+    ]);
+    let app = TestApp::start(config).await;
+    expect_problem(app.get("/ready").await, 503, "service_unavailable").await;
+}

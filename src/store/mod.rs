@@ -2,6 +2,7 @@
 
 mod postgres;
 mod sqlite;
+mod tls;
 
 use std::time::Duration;
 
@@ -20,11 +21,14 @@ pub struct StoreOptions {
     pub password: Option<String>,
     /// Upper bound on waiting for a connection or a statement before answering 503.
     pub timeout: Duration,
+    /// CA bundle to verify the PostgreSQL server's certificate against (TLS is used when
+    /// the URL's sslmode asks for it; without a bundle it encrypts without verifying).
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        Self { max_connections: 10, password: None, timeout: Duration::from_secs(3) }
+        Self { max_connections: 10, password: None, timeout: Duration::from_secs(3), ca_file: None }
     }
 }
 

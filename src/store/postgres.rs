@@ -6,8 +6,8 @@ use std::time::Duration;
 use anyhow::Context;
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime};
 use futures_util::stream::{self, BoxStream, StreamExt};
+use tokio_postgres::Row;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{NoTls, Row};
 
 use super::{StoreError, StoreOptions, format_timestamp};
 use crate::domain::{NewUser, User};
@@ -35,7 +35,8 @@ impl PostgresStore {
         if config.get_application_name().is_none() {
             config.application_name("users-api");
         }
-        let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let tls = super::tls::connector(options.ca_file.as_deref())?;
+        let manager = Manager::from_config(config, tls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager)
             .max_size(options.max_connections.max(1))
             .runtime(Runtime::Tokio1)
