@@ -1,6 +1,7 @@
 //! Persistence: one `Store` over SQLite (embedded default) or PostgreSQL.
 
 mod postgres;
+mod postgres_writer;
 mod sqlite;
 mod tls;
 

@@ -9,6 +9,7 @@ use futures_util::stream::{self, BoxStream, StreamExt};
 use tokio_postgres::Row;
 use tokio_postgres::error::SqlState;
 
+use super::postgres_writer::InsertBatcher;
 use super::{StoreError, StoreOptions, format_timestamp};
 use crate::domain::{NewUser, User};
 
@@ -20,6 +21,7 @@ const SELECT_USER: &str = "SELECT id, name, email, created_at FROM users";
 
 pub struct PostgresStore {
     pool: Pool,
+    writer: InsertBatcher,
     timeout: Duration,
 }
 
@@ -45,7 +47,9 @@ impl PostgresStore {
             .recycle_timeout(Some(options.timeout))
             .build()
             .context("building the PostgreSQL pool")?;
-        Ok(Self { pool, timeout: options.timeout })
+        // Half the connections for batched inserts, the rest stay free for reads.
+        let writer = InsertBatcher::start(pool.clone(), options.timeout, options.max_connections / 2);
+        Ok(Self { pool, writer, timeout: options.timeout })
     }
 
     pub async fn migrate(&self) -> anyhow::Result<()> {
@@ -71,22 +75,7 @@ impl PostgresStore {
     }
 
     pub async fn create(&self, user: NewUser) -> Result<User, StoreError> {
-        let row = self
-            .with_client(async |client| {
-                let stmt = client
-                    .prepare_cached(
-                        "INSERT INTO users (name, email, email_key) VALUES ($1, $2, $3) RETURNING id, created_at",
-                    )
-                    .await?;
-                client.query_one(&stmt, &[&user.name.as_str(), &user.email.as_str(), &user.email.key()]).await
-            })
-            .await?;
-        Ok(User {
-            id: row.get(0),
-            name: user.name.as_str().to_owned(),
-            email: user.email.as_str().to_owned(),
-            created_at: format_timestamp(row.get(1)),
-        })
+        self.writer.insert(user).await
     }
 
     pub async fn get(&self, id: i64) -> Result<Option<User>, StoreError> {
@@ -168,11 +157,11 @@ fn row_to_user(row: &Row) -> User {
     User { id: row.get(0), name: row.get(1), email: row.get(2), created_at: format_timestamp(row.get(3)) }
 }
 
-fn pool_error(e: PoolError) -> StoreError {
+pub(super) fn pool_error(e: PoolError) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
-fn map_error(e: tokio_postgres::Error) -> StoreError {
+pub(super) fn map_error(e: tokio_postgres::Error) -> StoreError {
     if let Some(code) = e.code() {
         if *code == SqlState::UNIQUE_VIOLATION {
             return StoreError::EmailTaken;
