@@ -131,17 +131,26 @@ pub struct AuthConfig {
 
 impl AuthConfig {
     /// The configured key source; `None` means authentication is off.
+    /// Empty values count as unset (compose passes `${AUTH_JWT_SECRET:-}` through as "").
     pub fn key_source(&self) -> anyhow::Result<Option<crate::auth::KeySource>> {
         use crate::auth::KeySource;
-        if let Some(secret) = &self.auth_jwt_secret {
+        if let Some(secret) = non_empty(&self.auth_jwt_secret) {
             return Ok(Some(KeySource::Secret(secret.as_bytes().to_vec())));
         }
-        if let Some(path) = &self.auth_jwt_secret_file {
+        if let Some(path) = self.auth_jwt_secret_file.as_ref().filter(|p| !p.as_os_str().is_empty()) {
             let secret = std::fs::read_to_string(path)
                 .map_err(|e| anyhow::anyhow!("reading AUTH_JWT_SECRET_FILE {}: {e}", path.display()))?;
             return Ok(Some(KeySource::Secret(secret.trim_end_matches(['\r', '\n']).as_bytes().to_vec())));
         }
-        Ok(self.auth_jwks_url.clone().map(KeySource::Jwks))
+        Ok(non_empty(&self.auth_jwks_url).map(|url| KeySource::Jwks(url.to_owned())))
+    }
+
+    pub fn issuer(&self) -> Option<&str> {
+        non_empty(&self.auth_issuer)
+    }
+
+    pub fn audience(&self) -> Option<&str> {
+        non_empty(&self.auth_audience)
     }
 
     pub fn leeway(&self) -> Duration {
@@ -248,4 +257,8 @@ pub struct HealthcheckConfig {
     /// Seconds before the probe gives up.
     #[arg(long, default_value_t = 2)]
     pub timeout_secs: u64,
+}
+
+fn non_empty(value: &Option<String>) -> Option<&str> {
+    value.as_deref().filter(|v| !v.trim().is_empty())
 }

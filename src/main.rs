@@ -68,8 +68,8 @@ fn token(config: &TokenConfig) -> anyhow::Result<String> {
         sub: Some(config.subject.clone()),
         exp: now + config.ttl.as_secs(),
         iat: Some(now),
-        iss: config.auth.auth_issuer.clone(),
-        aud: config.auth.auth_audience.clone(),
+        iss: config.auth.issuer().map(str::to_owned),
+        aud: config.auth.audience().map(str::to_owned),
         scope: config.scope.clone(),
     };
     auth::mint(&secret, &claims)

@@ -31,12 +31,7 @@ impl Application {
         let authenticator = match config.auth.key_source()? {
             Some(source) => {
                 let auth = &config.auth;
-                let authenticator = Authenticator::new(
-                    source,
-                    auth.auth_issuer.as_deref(),
-                    auth.auth_audience.as_deref(),
-                    auth.leeway(),
-                )?;
+                let authenticator = Authenticator::new(source, auth.issuer(), auth.audience(), auth.leeway())?;
                 authenticator.warm_up().await;
                 Some(Arc::new(authenticator))
             }

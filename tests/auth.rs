@@ -211,3 +211,10 @@ fn the_token_subcommand_mints_a_token_the_service_accepts() {
         .unwrap();
     assert!(!refused.status.success(), "a short secret is refused");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_auth_settings_leave_authentication_off() {
+    // Compose passes `${AUTH_JWT_SECRET:-}` through as an empty value.
+    let app = TestApp::spawn_with(Backend::Sqlite, &["--auth-jwt-secret", "", "--auth-audience", ""]).await;
+    assert_eq!(app.get("/users").await.status(), 200);
+}
