@@ -784,6 +784,7 @@ pub async fn send(
         "get" => client.get(format!("{base}/users/{id}")),
         "page" => client.get(format!("{base}/users?limit=20&after={}", (id - 20).max(0))),
         "list" => client.get(format!("{base}/users")),
+        "page1000" => client.get(format!("{base}/users?limit=1000")),
         "ready" => client.get(format!("{base}/ready")),
         "health" => client.get(format!("{base}/health")),
         other => panic!("unknown request kind {other}"),
