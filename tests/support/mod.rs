@@ -642,12 +642,23 @@ pub async fn list_users(client: &reqwest::Client, server: &Server) -> Vec<serde_
 
 /// Sends raw bytes as one HTTP/1.1 exchange (the request should carry `Connection: close`) and
 /// parses what comes back; `None` when the server closed without a status line.
-pub async fn raw_exchange(addr: SocketAddr, request: &[u8], timeout: Duration) -> std::io::Result<Option<RawReply>> {
+///
+/// `half_close` shuts our sending side after the request: for input that is not a complete
+/// request, so that the server sees the end of it. (hyper closes a connection whose client
+/// half-closed without answering, so complete requests are sent without it.)
+pub async fn raw_exchange(
+    addr: SocketAddr,
+    request: &[u8],
+    half_close: bool,
+    timeout: Duration,
+) -> std::io::Result<Option<RawReply>> {
     let exchange = async {
         let mut stream = tokio::net::TcpStream::connect(addr).await?;
         // The server may answer (413, 400) and close before it read everything: not an error.
         let _ = stream.write_all(request).await;
-        let _ = stream.shutdown().await;
+        if half_close {
+            let _ = stream.shutdown().await;
+        }
         let mut buf = Vec::new();
         match stream.read_to_end(&mut buf).await {
             Ok(_) => {}
