@@ -36,6 +36,8 @@ pub enum ApiError {
     PayloadTooLarge { limit: usize },
     #[error("the request body must be sent as application/json")]
     UnsupportedMediaType,
+    #[error("the request could not be understood")]
+    BadRequest,
     #[error("{0}")]
     NotFound(&'static str),
     #[error("this method is not allowed on this resource")]
@@ -71,9 +73,11 @@ struct Problem<'a> {
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::MalformedJson(_) | Self::InvalidFields(_) | Self::InvalidQuery(_) | Self::EmailTaken => {
-                StatusCode::BAD_REQUEST
-            }
+            Self::MalformedJson(_)
+            | Self::InvalidFields(_)
+            | Self::InvalidQuery(_)
+            | Self::EmailTaken
+            | Self::BadRequest => StatusCode::BAD_REQUEST,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
@@ -96,6 +100,7 @@ impl ApiError {
             Self::EmailTaken => "email_taken",
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::BadRequest => "bad_request",
             Self::NotFound(_) => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::Unavailable { .. } => "service_unavailable",
@@ -116,6 +121,7 @@ impl ApiError {
             Self::EmailTaken => "Email already registered",
             Self::PayloadTooLarge { .. } => "Payload too large",
             Self::UnsupportedMediaType => "Unsupported media type",
+            Self::BadRequest => "Bad request",
             Self::NotFound(_) => "Not found",
             Self::MethodNotAllowed => "Method not allowed",
             Self::Unavailable { .. } => "Service unavailable",

@@ -55,17 +55,20 @@ pub async fn observe(State(limits): State<Arc<Limits>>, request: Request, next: 
     response
 }
 
-/// Gives the router's own 404/405 answers the contract's problem+json shape (keeping `Allow`).
+/// Gives the framework's own client errors (the router's 404/405, an extractor's plain-text
+/// 400 outside our handlers) the contract's problem+json shape, keeping `Allow`.
 fn as_problem(response: Response) -> Response {
     let is_problem =
         response.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(PROBLEM_JSON.as_bytes()));
-    if is_problem {
+    if is_problem || !response.status().is_client_error() {
         return response;
     }
     let replacement = match response.status() {
         StatusCode::NOT_FOUND => ApiError::NotFound("no resource at this path"),
         StatusCode::METHOD_NOT_ALLOWED => ApiError::MethodNotAllowed,
-        _ => return response,
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge { limit: super::extract::MAX_BODY_BYTES },
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::UnsupportedMediaType,
+        _ => ApiError::BadRequest,
     };
     let (parts, _) = response.into_parts();
     let mut problem = replacement.into_response();
