@@ -22,10 +22,23 @@ const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Log lines kept per server for failure messages.
 const LOG_TAIL: usize = 400;
 
-/// Heavy tests of one test binary take this lock so they do not share the two cores.
-pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
-    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-    LOCK.lock().await
+/// Held by each reliability test for its whole run, so that no two of them (in one test
+/// binary or in several, as cargo-nextest runs them) share the two cores: their latency and
+/// memory figures are their own. An flock on a file under the target directory.
+pub struct Serial(#[allow(dead_code)] nix::fcntl::Flock<std::fs::File>);
+
+pub async fn serial() -> Serial {
+    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("reliability-suite.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
+    let lock = tokio::task::spawn_blocking(move || nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive))
+        .await
+        .expect("lock task");
+    Serial(lock.unwrap_or_else(|(_, e)| panic!("flock {}: {e}", path.display())))
 }
 
 // ---------------------------------------------------------------------------------------------
