@@ -4,9 +4,10 @@
 #   docker run --rm -p 8000:8000 --read-only users-api     # SQLite needs a writable /var/lib/users-api
 #
 # Stages: chef (toolchain + cargo-chef) -> planner (dependency recipe) ->
-# builder (dependencies cooked in their own cached layer, then the crate) ->
-# runtime (debian-slim, the binary, non-root). The dependency layer is rebuilt
-# only when Cargo.toml / Cargo.lock change, not on every source edit.
+# deps (the dependencies alone, built from the recipe) -> builder (the crate)
+# -> runtime (debian-slim, the binary, non-root). The deps layer is rebuilt
+# only when the recipe changes (Cargo.toml / Cargo.lock), not on every
+# source edit.
 
 FROM rust:1.95-bookworm AS chef
 WORKDIR /src
@@ -17,9 +18,11 @@ FROM chef AS planner
 COPY . .
 RUN cargo chef prepare --recipe-path recipe.json
 
-FROM chef AS builder
+FROM chef AS deps
 COPY --from=planner /src/recipe.json recipe.json
 RUN cargo chef cook --release --locked --recipe-path recipe.json
+
+FROM deps AS builder
 COPY . .
 RUN cargo build --release --locked --bin users-api \
     && install -D -m 0755 target/release/users-api /out/users-api

@@ -108,6 +108,8 @@ def test_proxy_dockerfile_shape():
     assert instruction(PROXY_DF, "USER") == ["10101:10101"]
     assert instruction(PROXY_DF, "ENTRYPOINT") == ['["/usr/local/bin/docker-entrypoint"]']
     assert instruction(PROXY_DF, "STOPSIGNAL") == ["SIGQUIT"]
+    assert instruction(PROXY_DF, "VOLUME") == ['["/tmp"]']  # the only writable path (NGINX_PREFIX)
+    assert "NGINX_PREFIX=/tmp/nginx" in PROXY_DF
     # every variable the template uses has a default in the image and in render-config
     template = (ROOT / "proxy/nginx.conf.template").read_text()
     code = "\n".join(line.split("#", 1)[0] for line in template.splitlines())
