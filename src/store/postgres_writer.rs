@@ -28,6 +28,7 @@ type Job = (NewUser, oneshot::Sender<Result<User, StoreError>>);
 
 pub struct InsertBatcher {
     queue: mpsc::Sender<Job>,
+    timeout: Duration,
 }
 
 impl InsertBatcher {
@@ -35,7 +36,7 @@ impl InsertBatcher {
     pub fn start(pool: Pool, timeout: Duration, concurrency: usize) -> Self {
         let (queue, jobs) = mpsc::channel(QUEUE_CAPACITY);
         tokio::spawn(collect(pool, timeout, concurrency.max(1), jobs));
-        Self { queue }
+        Self { queue, timeout }
     }
 
     pub async fn insert(&self, user: NewUser) -> Result<User, StoreError> {
@@ -44,7 +45,12 @@ impl InsertBatcher {
             mpsc::error::TrySendError::Full(_) => StoreError::Overloaded,
             mpsc::error::TrySendError::Closed(_) => StoreError::Unavailable("insert batcher stopped".into()),
         })?;
-        outcome.await.map_err(|_| StoreError::Unavailable("insert batcher stopped".into()))?
+        // One bound for the whole wait (queue, connection, statement): past it, 503. A request
+        // given up on here is dropped from any batch not yet sent (see `take_batch`).
+        match tokio::time::timeout(self.timeout, outcome).await {
+            Ok(reply) => reply.map_err(|_| StoreError::Unavailable("insert batcher stopped".into()))?,
+            Err(_) => Err(StoreError::Unavailable("insert timed out".into())),
+        }
     }
 }
 
@@ -53,12 +59,9 @@ async fn collect(pool: Pool, timeout: Duration, concurrency: usize, mut jobs: mp
     while let Some(first) = jobs.recv().await {
         // Waiting for a slot lets the queue fill: the next batch is larger when the database is busy.
         let Ok(slot) = slots.clone().acquire_owned().await else { break };
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match jobs.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
+        let batch = take_batch(first, &mut jobs);
+        if batch.is_empty() {
+            continue;
         }
         let pool = pool.clone();
         tokio::spawn(async move {
@@ -66,6 +69,19 @@ async fn collect(pool: Pool, timeout: Duration, concurrency: usize, mut jobs: mp
             drop(slot);
         });
     }
+}
+
+/// `first` and whatever else is queued, up to `MAX_BATCH`, less the requests that gave up.
+fn take_batch(first: Job, jobs: &mut mpsc::Receiver<Job>) -> Vec<Job> {
+    let mut batch = vec![first];
+    while batch.len() < MAX_BATCH {
+        match jobs.try_recv() {
+            Ok(job) => batch.push(job),
+            Err(_) => break,
+        }
+    }
+    batch.retain(|(_, reply)| !reply.is_closed());
+    batch
 }
 
 async fn insert_batch(pool: &Pool, timeout: Duration, batch: Vec<Job>) {

@@ -74,7 +74,11 @@ impl SqliteStore {
             mpsc::error::TrySendError::Full(_) => StoreError::Overloaded,
             mpsc::error::TrySendError::Closed(_) => StoreError::Unavailable("writer stopped".into()),
         })?;
-        outcome.await.map_err(|_| StoreError::Unavailable("writer stopped".into()))?
+        // One bound for the whole wait; a request given up on is skipped by the writer.
+        match tokio::time::timeout(self.timeout, outcome).await {
+            Ok(reply) => reply.map_err(|_| StoreError::Unavailable("writer stopped".into()))?,
+            Err(_) => Err(StoreError::Unavailable("insert timed out".into())),
+        }
     }
 
     pub async fn get(&self, id: i64) -> Result<Option<User>, StoreError> {
@@ -204,6 +208,10 @@ fn writer_loop(conn: Connection, mut queue: mpsc::Receiver<WriterMessage>) {
 }
 
 fn commit_batch(conn: &Connection, batch: &mut Vec<(NewUser, oneshot::Sender<Result<User, StoreError>>)>) {
+    batch.retain(|(_, reply)| !reply.is_closed());
+    if batch.is_empty() {
+        return;
+    }
     let created_at = format_timestamp(time::OffsetDateTime::now_utc());
     let outcome = (|| -> rusqlite::Result<Vec<Result<User, StoreError>>> {
         let tx = conn.unchecked_transaction()?;
