@@ -239,6 +239,8 @@ pub fn sqlite_url() -> (tempfile::TempDir, PathBuf, String) {
 /// Opens a SQLite file the way an operator would after a crash and checks it.
 pub struct SqliteCheck {
     pub integrity: String,
+    /// Persistent in the file: `wal` once the service has opened it.
+    pub journal_mode: String,
     pub rows: i64,
     pub duplicate_email_keys: i64,
 }
@@ -247,6 +249,7 @@ pub fn check_sqlite(path: &Path) -> SqliteCheck {
     use deadpool_sqlite::rusqlite::Connection;
     let conn = Connection::open(path).expect("SQLite file opens");
     let integrity: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).expect("integrity_check runs");
+    let journal_mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).expect("journal_mode runs");
     let rows = conn.query_row("SELECT count(*) FROM users", [], |r| r.get(0)).expect("count runs");
     let duplicate_email_keys = conn
         .query_row(
@@ -255,7 +258,7 @@ pub fn check_sqlite(path: &Path) -> SqliteCheck {
             |r| r.get(0),
         )
         .expect("duplicate query runs");
-    SqliteCheck { integrity, rows, duplicate_email_keys }
+    SqliteCheck { integrity, journal_mode, rows, duplicate_email_keys }
 }
 
 // ---------------------------------------------------------------------------------------------
