@@ -88,12 +88,17 @@ struct Figures {
     max_ms: f64,
     shed_p99_ms: f64,
     shed_max_ms: f64,
+    /// Liveness probes (GET /health) sent, and how many of them were shed.
+    health_sent: usize,
+    health_shed: usize,
 }
 
 /// Checks every sample against the overload promises and sums them up.
 fn judge(samples: &[Sample], allow_429: bool) -> Figures {
     let mut problems = Vec::new();
     let (mut ok, mut shed, mut limited) = (0, 0, 0);
+    let health_sent = samples.iter().filter(|s| s.kind == "health").count();
+    let health_shed = samples.iter().filter(|s| s.kind == "health" && s.status() == Some(503)).count();
     let mut all = Vec::new();
     let mut rejected = Vec::new();
     for s in samples {
@@ -144,6 +149,8 @@ fn judge(samples: &[Sample], allow_429: bool) -> Figures {
         max_ms: percentile_ms(&mut all, 100.0),
         shed_p99_ms: percentile_ms(&mut rejected, 99.0),
         shed_max_ms: percentile_ms(&mut rejected, 100.0),
+        health_sent,
+        health_shed,
     }
 }
 
@@ -221,7 +228,8 @@ async fn far_beyond_capacity_the_service_sheds_with_fast_503s_and_bounded_memory
         &format!(
             "clients={CLIENTS} max_in_flight={MAX_IN_FLIGHT} duration={}s requests={} served={} shed_503={} \
              latency p50={:.0}ms p99={:.0}ms max={:.0}ms; 503 p99={:.0}ms max={:.0}ms; \
-             rss_before={}KiB rss_peak_sampled={}KiB VmHWM={}KiB (bound {}KiB); after: {:?}/request",
+             rss_before={}KiB rss_peak_sampled={}KiB VmHWM={}KiB (bound {}KiB); after: {:?}/request; \
+             /health shed {} of {}",
             LOAD_FOR.as_secs(),
             f.sent,
             f.ok,
@@ -235,7 +243,9 @@ async fn far_beyond_capacity_the_service_sheds_with_fast_503s_and_bounded_memory
             rss_peak_sampled,
             hwm,
             RSS_BOUND_KIB,
-            after
+            after,
+            f.health_shed,
+            f.health_sent
         ),
     );
 }
