@@ -90,8 +90,12 @@ impl SqliteStore {
 
     pub async fn page(&self, after: i64, limit: u32) -> Result<Vec<User>, StoreError> {
         self.read(move |conn| {
-            conn.prepare_cached(&format!("{SELECT_USER} WHERE id > ?1 ORDER BY id LIMIT ?2"))?
-                .query_map(params![after, limit], row_to_user)?
+            // No `LIMIT ?2`: the bundled SQLite (built with STAT4) marks a statement whose LIMIT is
+            // a bound parameter as expired at every bind and re-prepares it on every run (~80k
+            // instructions a request); the cursor stops after `limit` rows instead.
+            conn.prepare_cached(&format!("{SELECT_USER} WHERE id > ?1 ORDER BY id"))?
+                .query_map([after], row_to_user)?
+                .take(limit as usize)
                 .collect()
         })
         .await
@@ -104,6 +108,9 @@ impl SqliteStore {
         tokio::task::spawn_blocking(move || {
             let result = (|| -> rusqlite::Result<()> {
                 let conn = open_reader(&path)?;
+                // A one-pass scan gains nothing from SQLite's page cache (up to 2 MiB per
+                // connection by default, filled by a large table): 64 streams held 200 MB.
+                conn.execute_batch("PRAGMA cache_size = -64")?;
                 let mut stmt = conn.prepare(&format!("{SELECT_USER} ORDER BY id"))?;
                 let mut rows = stmt.query([])?;
                 while let Some(row) = rows.next()? {
