@@ -679,7 +679,16 @@ def machine_facts() -> dict[str, str]:
         "wrk": sh(["sh", "-c", "wrk -v 2>&1 | head -1"]).split(" Copyright")[0],
         "pgbench": sh(["pgbench", "--version"]),
         "python": sh(["sh", "-c", "python3 --version"]),
+        "source": source_revision(),
     }
+
+
+def source_revision() -> str:
+    """The commit the binaries were built from, and whether the service's sources had local changes."""
+    head = sh(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"])
+    dirty = sh(["git", "-C", str(ROOT), "status", "--porcelain", "--", "src", "Cargo.toml", "Cargo.lock", "examples"])
+    where = "" if BIN_DIR == ROOT / "target" / "release" else f"; binaries from {BIN_DIR}"
+    return f"{head}{' with uncommitted changes in src/' if dirty else ''}{where}"
 
 
 def status_kb_meminfo(key: str) -> int:

@@ -334,6 +334,7 @@ def render(res: dict[str, Any], analysis: Path | None = None) -> str:
         "## Machine and run",
         "",
         f"- Command: `{res['command']}`",
+        f"- Service source: commit {m.get('source', '?')}",
         f"- Date: {res['started']} → {res.get('finished', '?')} (UTC)",
         f"- CPU: {m['cpu']}, nproc {m['nproc']}, memory {m['memory']}; {m['os']}, kernel {m['kernel']}",
         f"- Load average (1, 5, 15 min) before: {res['load_before']}; after: {res.get('load_after', '?')}"
