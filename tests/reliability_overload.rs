@@ -222,6 +222,8 @@ async fn far_beyond_capacity_the_service_sheds_with_fast_503s_and_bounded_memory
     assert!(f.ok > 100, "the service kept serving while shedding ({} successes)", f.ok);
     assert_bounded(&f);
     assert!(hwm < RSS_BOUND_KIB, "peak RSS {hwm} KiB exceeds the {RSS_BOUND_KIB} KiB bound");
+    assert!(f.health_sent > 0, "liveness probes were part of the load");
+    assert_eq!(f.health_shed, 0, "liveness is never shed: a busy but healthy task must not be replaced");
 
     report(
         "far_beyond_capacity_the_service_sheds_with_fast_503s_and_bounded_memory",

@@ -27,9 +27,11 @@ pub async fn observe(State(limits): State<Arc<Limits>>, request: Request, next: 
 
     let mut response = request_id::scope(id.clone(), async {
         // Back-pressure: beyond capacity answer at once rather than queue without bound.
-        let Ok(_permit) = limits.in_flight.try_acquire() else {
+        // Liveness is exempt: an overloaded but healthy task must not be replaced for it.
+        let permit = limits.in_flight.try_acquire();
+        if permit.is_err() && route != "/health" {
             return ApiError::Unavailable { retry_after_secs: 1 }.into_response();
-        };
+        }
         let _in_flight = crate::telemetry::InFlightGuard::enter();
         let response = match tokio::time::timeout(limits.request_timeout, next.run(request)).await {
             Ok(response) => response,

@@ -149,11 +149,15 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     {
-        let conn = self.readers.get().await.map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        let outcome = tokio::time::timeout(self.timeout, conn.interact(move |conn| query(conn)))
-            .await
-            .map_err(|_| StoreError::Unavailable("query timed out".into()))?
-            .map_err(|e| StoreError::Internal(anyhow::anyhow!("read task failed: {e}")))?;
+        // One bound for getting a connection and running the query.
+        let outcome = tokio::time::timeout(self.timeout, async {
+            let conn = self.readers.get().await.map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            conn.interact(move |conn| query(conn))
+                .await
+                .map_err(|e| StoreError::Internal(anyhow::anyhow!("read task failed: {e}")))
+        })
+        .await
+        .map_err(|_| StoreError::Unavailable("query timed out".into()))??;
         outcome.map_err(map_error)
     }
 }
