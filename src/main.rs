@@ -10,7 +10,7 @@ use users_api::{auth, healthcheck, telemetry};
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init_logging(&cli.logging);
+    let _log_writer = telemetry::init_logging(&cli.logging);
     let result = match cli.command {
         Some(Command::Healthcheck(config)) => match healthcheck::probe(&config).await {
             Ok(()) => return ExitCode::SUCCESS,

@@ -12,10 +12,12 @@ use tokio::sync::Semaphore;
 
 use super::error::{ApiError, PROBLEM_JSON};
 use super::request_id::{self, X_REQUEST_ID};
+use crate::telemetry::HttpMetrics;
 
 pub struct Limits {
     pub in_flight: Semaphore,
     pub request_timeout: Duration,
+    pub metrics: HttpMetrics,
 }
 
 pub async fn observe(State(limits): State<Arc<Limits>>, request: Request, next: Next) -> Response {
@@ -32,7 +34,7 @@ pub async fn observe(State(limits): State<Arc<Limits>>, request: Request, next: 
         if permit.is_err() && route != "/health" {
             return ApiError::Unavailable { retry_after_secs: 1 }.into_response();
         }
-        let _in_flight = crate::telemetry::InFlightGuard::enter();
+        let _in_flight = limits.metrics.in_flight();
         let response = match tokio::time::timeout(limits.request_timeout, next.run(request)).await {
             Ok(response) => response,
             Err(_) => ApiError::Timeout.into_response(),
@@ -44,12 +46,12 @@ pub async fn observe(State(limits): State<Arc<Limits>>, request: Request, next: 
     response.headers_mut().insert(&X_REQUEST_ID, request_id::header_value(&id));
     let status = response.status().as_u16();
     let latency = started.elapsed();
-    crate::telemetry::record_request(method.as_str(), &route, status, latency);
+    limits.metrics.record(&method, &route, status, latency);
     tracing::info!(
         target: "users_api::access",
-        request_id = %id,
-        method = %method,
-        route = %route,
+        request_id = id.as_str(),
+        method = method.as_str(),
+        route = route.as_str(),
         status,
         latency_ms = latency.as_secs_f64() * 1000.0,
         "request"

@@ -47,6 +47,7 @@ pub fn app(state: Arc<AppState>, guards: Guards) -> Router {
     let limits = Arc::new(middleware::Limits {
         in_flight: tokio::sync::Semaphore::new(guards.max_in_flight),
         request_timeout: guards.request_timeout,
+        metrics: crate::telemetry::HttpMetrics::new(),
     });
 
     let mut users = users::router();

@@ -1,0 +1,32 @@
+use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::format::FmtSpan;
+
+use super::json_lines::JsonLines;
+use crate::config::{LogConfig, LogFormat};
+
+/// Installs the global subscriber; logs go to stdout, one line per event. A background thread
+/// does the writing so that requests never wait on stdout; it blocks (rather than drops lines)
+/// when it falls far behind. Keep the guard until exit: dropping it flushes what is queued.
+#[must_use = "dropping the guard stops the log writer"]
+pub fn init_logging(config: &LogConfig) -> WorkerGuard {
+    let filter = EnvFilter::try_new(&config.log_level).unwrap_or_else(|e| {
+        eprintln!("invalid LOG_LEVEL {:?} ({e}); using info", config.log_level);
+        EnvFilter::new("info")
+    });
+    let is_terminal = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    // Buffered: one write(2) carries every line queued while the previous one was written.
+    let (writer, guard) = NonBlockingBuilder::default()
+        .lossy(false)
+        .finish(std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout()));
+    let builder = tracing_subscriber::fmt()
+        .with_writer(writer)
+        .with_env_filter(filter)
+        .with_span_events(FmtSpan::NONE)
+        .with_ansi(is_terminal);
+    let _ = match config.log_format {
+        LogFormat::Json => builder.event_format(JsonLines).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+    guard
+}
