@@ -5,9 +5,13 @@ use tracing_subscriber::fmt::format::FmtSpan;
 use super::json_lines::JsonLines;
 use crate::config::{LogConfig, LogFormat};
 
+/// Log lines that may wait for the writer thread (the crate's default, 128k, let a /health
+/// flood queue 30 MB of lines).
+const LOG_QUEUE_LINES: usize = 8 * 1024;
+
 /// Installs the global subscriber; logs go to stdout, one line per event. A background thread
 /// does the writing so that requests never wait on stdout; it blocks (rather than drops lines)
-/// when it falls far behind. Keep the guard until exit: dropping it flushes what is queued.
+/// when it falls behind by LOG_QUEUE_LINES. Keep the guard until exit: dropping it flushes what is queued.
 #[must_use = "dropping the guard stops the log writer"]
 pub fn init_logging(config: &LogConfig) -> WorkerGuard {
     let filter = EnvFilter::try_new(&config.log_level).unwrap_or_else(|e| {
@@ -16,7 +20,9 @@ pub fn init_logging(config: &LogConfig) -> WorkerGuard {
     });
     let is_terminal = std::io::IsTerminal::is_terminal(&std::io::stdout());
     // Buffered: one write(2) carries every line queued while the previous one was written.
+    // At most LOG_QUEUE_LINES (~2 MB) wait; beyond that a request waits for the writer.
     let (writer, guard) = NonBlockingBuilder::default()
+        .buffered_lines_limit(LOG_QUEUE_LINES)
         .lossy(false)
         .finish(std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout()));
     let builder = tracing_subscriber::fmt()

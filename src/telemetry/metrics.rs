@@ -95,9 +95,11 @@ pub fn install_metrics_recorder() {
             .expect("static buckets are valid")
             .install_recorder()
             .expect("no other metrics recorder is installed");
+        // Histogram samples wait in memory until upkeep folds them into buckets: every second
+        // keeps that to one second of traffic (every 5 s, a /health flood held 11 MB).
         let upkeep = handle.clone();
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tick.tick().await;
                 upkeep.run_upkeep();
