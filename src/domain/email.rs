@@ -1,7 +1,5 @@
 use std::fmt;
 
-use unicode_normalization::UnicodeNormalization;
-
 pub const MAX_LOCAL_CHARS: usize = 64;
 pub const MAX_TOTAL_CHARS: usize = 254;
 const MAX_LABEL_CHARS: usize = 63;
@@ -34,7 +32,7 @@ pub enum EmailError {
 
 impl Email {
     pub fn parse(raw: &str) -> Result<Self, EmailError> {
-        let normalized: String = raw.trim().nfc().collect();
+        let normalized = super::to_nfc(raw.trim());
         if normalized.is_empty() {
             return Err(EmailError::Empty);
         }

@@ -1,6 +1,6 @@
 use std::fmt;
 
-use unicode_normalization::{UnicodeNormalization, char::is_combining_mark};
+use unicode_normalization::char::is_combining_mark;
 
 pub const MIN_CHARS: usize = 3;
 pub const MAX_CHARS: usize = 50;
@@ -21,7 +21,7 @@ pub enum UserNameError {
 
 impl UserName {
     pub fn parse(raw: &str) -> Result<Self, UserNameError> {
-        let normalized: String = raw.nfc().collect();
+        let normalized = super::to_nfc(raw);
         let collapsed = collapse_spaces(normalized.trim());
 
         let length = collapsed.chars().count();
