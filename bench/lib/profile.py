@@ -76,7 +76,7 @@ def target_server(name: str, bin_dir: Path, port: int, db_url: str, out_dir: Pat
 # Configurations of the service, each switching one cost off; name -> environment overrides.
 VARIANTS = {
     "health": {"default": {}, "LOG_LEVEL=warn (no access log)": {"LOG_LEVEL": "warn"},
-               "LOG_LEVEL=warn, METRICS_ADDR= (no access log, no metrics)": {"LOG_LEVEL": "warn", "METRICS_ADDR": ""}},
+               "LOG_LEVEL=warn METRICS_ADDR=off (no access log, no metrics)": {"LOG_LEVEL": "warn", "METRICS_ADDR": "off"}},
     "list": {"default": {}, "LOG_LEVEL=warn (no access log)": {"LOG_LEVEL": "warn"},
              "DATABASE_MAX_CONNECTIONS=2": {"DATABASE_MAX_CONNECTIONS": "2"}},
     "post_sqlite": {"default": {}, "LOG_LEVEL=warn (no access log)": {"LOG_LEVEL": "warn"}},

@@ -372,3 +372,17 @@ def summary(res: dict[str, Any]) -> str:
     for k, v in res.get("errors", {}).items():
         lines.append(f"  FAILED scenario {k}: {v}")
     return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    # Re-renders a run's report, e.g. after editing bench/analysis.md:
+    #   python3 bench/lib/report.py bench/results/<run>/results.json [bench/BENCHMARKS.md]
+    import json
+    import sys
+
+    if len(sys.argv) not in (2, 3):
+        sys.exit(__doc__ or "usage: report.py RESULTS_JSON [OUT]")
+    results = json.loads(Path(sys.argv[1]).read_text())
+    out = Path(sys.argv[2]) if len(sys.argv) == 3 else Path(sys.argv[1]).with_name("BENCHMARKS.md")
+    out.write_text(render(results, analysis=Path(__file__).resolve().parent.parent / "analysis.md"))
+    print(f"wrote {out}")
