@@ -3,7 +3,9 @@
 use axum::body::Body;
 use axum::extract::{FromRequest, Request};
 use axum::http::header;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use std::time::Duration;
+
+use http_body_util::BodyExt;
 use serde_json::Value;
 
 use super::error::{ApiError, FieldError};
@@ -11,6 +13,12 @@ use crate::domain::{Email, NewUser, UserName};
 
 /// Request bodies larger than this are refused with 413.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// After refusing a body, up to this much more of it is read and dropped (for at most
+/// `DRAIN_TIME`) before answering: closing a connection with unread bytes resets it, and the
+/// reset can destroy the 413 before the client reads it (nginx's lingering close, in small).
+const DRAIN_BYTES: u64 = 1024 * 1024;
+const DRAIN_TIME: Duration = Duration::from_secs(1);
 
 /// A `NewUser` parsed from a JSON request body.
 pub struct NewUserJson(pub NewUser);
@@ -24,7 +32,10 @@ impl<S: Send + Sync> FromRequest<S> for NewUserJson {
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        if declared_length.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        if let Some(declared) = declared_length.filter(|&n| n > MAX_BODY_BYTES as u64) {
+            if declared <= MAX_BODY_BYTES as u64 + DRAIN_BYTES {
+                drain(request.into_body()).await;
+            }
             return Err(ApiError::PayloadTooLarge { limit: MAX_BODY_BYTES });
         }
         if !is_json(request.headers().get(header::CONTENT_TYPE)) {
@@ -47,14 +58,33 @@ fn is_json(content_type: Option<&header::HeaderValue>) -> bool {
     }
 }
 
-async fn read_limited(body: Body) -> Result<bytes::Bytes, ApiError> {
-    match Limited::new(body, MAX_BODY_BYTES).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            Err(ApiError::PayloadTooLarge { limit: MAX_BODY_BYTES })
+async fn read_limited(mut body: Body) -> Result<bytes::Bytes, ApiError> {
+    let mut bytes = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| ApiError::MalformedJson("the request body could not be read".into()))?;
+        let Ok(data) = frame.into_data() else { continue }; // trailers
+        if bytes.len() + data.len() > MAX_BODY_BYTES {
+            drain(body).await;
+            return Err(ApiError::PayloadTooLarge { limit: MAX_BODY_BYTES });
         }
-        Err(_) => Err(ApiError::MalformedJson("the request body could not be read".into())),
+        bytes.extend_from_slice(&data);
     }
+    Ok(bytes.freeze())
+}
+
+/// Reads and drops the rest of a refused body, within `DRAIN_BYTES` and `DRAIN_TIME`.
+async fn drain(mut body: Body) {
+    let mut left = DRAIN_BYTES;
+    let _ = tokio::time::timeout(DRAIN_TIME, async {
+        while let Some(Ok(frame)) = body.frame().await {
+            let size = frame.data_ref().map_or(0, |data| data.len() as u64);
+            if size >= left {
+                return;
+            }
+            left -= size;
+        }
+    })
+    .await;
 }
 
 /// Parses a create-user body, reporting every invalid field at once.
