@@ -143,22 +143,7 @@ async fn postgres_connections_terminated_under_load_are_replaced_without_restart
     let _serial = support::serial().await;
     let schema = PgSchema::create().await;
     let server = Server::start(&schema.database_url(), &server_env());
-    let tag = support::random_tag();
-    let phase = Arc::new(AtomicU8::new(HEALTHY));
-    let stop = Arc::new(AtomicBool::new(false));
-    let base = format!("http://{}", server.addr);
-    let mut load =
-        spawn_load(client(), base.clone(), MIXED, Duration::ZERO, WORKERS, tag.clone(), phase.clone(), stop.clone());
-    load.extend(spawn_load(
-        client(),
-        base,
-        PROBES,
-        Duration::from_millis(100),
-        1,
-        tag.clone(),
-        phase.clone(),
-        stop.clone(),
-    ));
+    let LoadUnderFault { tag, phase, stop, load } = start_load(&server);
 
     tokio::time::sleep(Duration::from_millis(800)).await;
     phase.store(TERMINATING, Ordering::Relaxed);
@@ -223,22 +208,7 @@ async fn postgres_outage_is_answered_503_quickly_and_recovers_by_itself() {
     let cluster = tokio::task::spawn_blocking(PgCluster::init).await.expect("initdb");
     let app = format!("users-api-rel-{}", support::random_tag());
     let server = Server::start(&cluster.database_url(&app), &server_env());
-    let tag = support::random_tag();
-    let phase = Arc::new(AtomicU8::new(HEALTHY));
-    let stop = Arc::new(AtomicBool::new(false));
-    let base = format!("http://{}", server.addr);
-    let mut load =
-        spawn_load(client(), base.clone(), MIXED, Duration::ZERO, WORKERS, tag.clone(), phase.clone(), stop.clone());
-    load.extend(spawn_load(
-        client(),
-        base,
-        PROBES,
-        Duration::from_millis(100),
-        1,
-        tag.clone(),
-        phase.clone(),
-        stop.clone(),
-    ));
+    let LoadUnderFault { tag, phase, stop, load } = start_load(&server);
     let cluster = Arc::new(cluster);
 
     // Outage 1: the server is stopped (connections refused).
@@ -306,4 +276,34 @@ async fn postgres_outage_is_answered_503_quickly_and_recovers_by_itself() {
             aborted_streams(&samples),
         ),
     );
+}
+
+/// What a fault test drives: `WORKERS` clients of mixed requests and one readiness prober,
+/// tagged with the phase (healthy, fault, after) each request was sent in.
+struct LoadUnderFault {
+    tag: String,
+    phase: Arc<AtomicU8>,
+    stop: Arc<AtomicBool>,
+    load: Vec<tokio::task::JoinHandle<Vec<support::Sample>>>,
+}
+
+/// Starts in phase 0, which every fault test calls HEALTHY.
+fn start_load(server: &Server) -> LoadUnderFault {
+    let tag = support::random_tag();
+    let phase = Arc::new(AtomicU8::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let base = format!("http://{}", server.addr);
+    let mut load =
+        spawn_load(client(), base.clone(), MIXED, Duration::ZERO, WORKERS, tag.clone(), phase.clone(), stop.clone());
+    load.extend(spawn_load(
+        client(),
+        base,
+        PROBES,
+        Duration::from_millis(100),
+        1,
+        tag.clone(),
+        phase.clone(),
+        stop.clone(),
+    ));
+    LoadUnderFault { tag, phase, stop, load }
 }
