@@ -7,10 +7,26 @@ use users_api::server::{Application, shutdown_signal};
 use users_api::store::Store;
 use users_api::{auth, healthcheck, telemetry};
 
-#[tokio::main]
-async fn main() -> ExitCode {
+/// Threads for blocking work: SQLite reads (at most one per pooled reader at a time) and
+/// migrations. Tokio's default (512) let the short reads of full-list streams leave ~50 idle
+/// threads behind, each with its own allocator arena.
+const MAX_BLOCKING_THREADS: usize = 16;
+
+fn main() -> ExitCode {
     let cli = Cli::parse();
     let _log_writer = telemetry::init_logging(&cli.logging);
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().max_blocking_threads(MAX_BLOCKING_THREADS).build();
+    match runtime {
+        Ok(runtime) => runtime.block_on(run(cli)),
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Some(Command::Healthcheck(config)) => match healthcheck::probe(&config).await {
             Ok(()) => return ExitCode::SUCCESS,

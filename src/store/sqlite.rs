@@ -6,11 +6,11 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::Context;
-use deadpool_sqlite::rusqlite::{self, Connection, ErrorCode, OpenFlags, OptionalExtension, params};
-use deadpool_sqlite::{Config as PoolConfig, Pool, Runtime};
-use futures_util::stream::BoxStream;
+use deadpool_sqlite::rusqlite::{self, Connection, ErrorCode, OptionalExtension, params};
+use deadpool_sqlite::{Config as PoolConfig, Hook, HookError, Pool, Runtime};
+use futures_util::TryStreamExt;
+use futures_util::stream::{self, BoxStream};
 use tokio::sync::{mpsc, oneshot};
-use tokio_stream::wrappers::ReceiverStream;
 
 use super::{StoreError, StoreOptions, format_timestamp};
 use crate::domain::{NewUser, User};
@@ -21,7 +21,10 @@ const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("migrations/sqlite/0001_us
 const WRITE_QUEUE_CAPACITY: usize = 4096;
 /// Inserts committed together in one transaction at most.
 const MAX_BATCH: usize = 512;
+/// Users read per pooled query when streaming the whole table.
 const STREAM_BATCH: usize = 256;
+/// Page cache of each pooled reader, in KiB.
+const READER_CACHE_KIB: u32 = 512;
 
 const SELECT_USER: &str = "SELECT id, name, email, created_at FROM users";
 
@@ -53,6 +56,16 @@ impl SqliteStore {
             .max_size(options.max_connections.max(1))
             .wait_timeout(Some(options.timeout))
             .create_timeout(Some(options.timeout))
+            .post_create(Hook::async_fn(|conn, _| {
+                Box::pin(async move {
+                    // Full-table streams pass through these readers: SQLite's default page
+                    // cache (2 MiB each) would keep what they scanned.
+                    conn.interact(|conn| conn.execute_batch(&format!("PRAGMA cache_size = -{READER_CACHE_KIB}")))
+                        .await
+                        .map_err(|e| HookError::message(e.to_string()))?
+                        .map_err(HookError::Backend)
+                })
+            }))
             .build()
             .context("building the SQLite read pool")?;
         Ok(Self { path, readers, writer, writer_thread: Mutex::new(Some(writer_thread)), timeout: options.timeout })
@@ -89,42 +102,26 @@ impl SqliteStore {
     }
 
     pub async fn page(&self, after: i64, limit: u32) -> Result<Vec<User>, StoreError> {
-        self.read(move |conn| {
-            // No `LIMIT ?2`: the bundled SQLite (built with STAT4) marks a statement whose LIMIT is
-            // a bound parameter as expired at every bind and re-prepares it on every run (~80k
-            // instructions a request); the cursor stops after `limit` rows instead.
-            conn.prepare_cached(&format!("{SELECT_USER} WHERE id > ?1 ORDER BY id"))?
-                .query_map([after], row_to_user)?
-                .take(limit as usize)
-                .collect()
-        })
-        .await
+        self.read(move |conn| select_page(conn, after, limit as usize)).await
     }
 
+    /// The whole table in id order, read in keyset batches from the read pool: a slow client
+    /// holds no reader between batches, and no thread or connection of its own (a thread and a
+    /// connection per stream cost ~250 KB each). Users are never deleted and the one writer
+    /// assigns ids in commit order, so consecutive batches miss no row.
     pub fn stream_all(&self) -> BoxStream<'static, Result<User, StoreError>> {
-        // A dedicated connection and thread: a slow client must not hold a pooled reader.
-        let (tx, rx) = mpsc::channel(STREAM_BATCH);
-        let path = self.path.clone();
-        tokio::task::spawn_blocking(move || {
-            let result = (|| -> rusqlite::Result<()> {
-                let conn = open_reader(&path)?;
-                // A one-pass scan gains nothing from SQLite's page cache (up to 2 MiB per
-                // connection by default, filled by a large table): 64 streams held 200 MB.
-                conn.execute_batch("PRAGMA cache_size = -64")?;
-                let mut stmt = conn.prepare(&format!("{SELECT_USER} ORDER BY id"))?;
-                let mut rows = stmt.query([])?;
-                while let Some(row) = rows.next()? {
-                    if tx.blocking_send(Ok(row_to_user(row)?)).is_err() {
-                        return Ok(()); // client went away
-                    }
-                }
-                Ok(())
-            })();
-            if let Err(e) = result {
-                let _ = tx.blocking_send(Err(map_error(e)));
+        let (readers, timeout) = (self.readers.clone(), self.timeout);
+        let batches = stream::try_unfold(Some(0_i64), move |after| {
+            let readers = readers.clone();
+            async move {
+                let Some(after) = after else { return Ok(None) };
+                let batch = read_on(&readers, timeout, move |conn| select_page(conn, after, STREAM_BATCH)).await?;
+                // A short batch is the end of the table: no need to ask again.
+                let next = batch.last().map(|last| last.id).filter(|_| batch.len() == STREAM_BATCH);
+                Ok::<_, StoreError>((!batch.is_empty()).then_some((batch, next)))
             }
         });
-        Box::pin(ReceiverStream::new(rx))
+        Box::pin(batches.map_ok(|batch| stream::iter(batch.into_iter().map(Ok))).try_flatten())
     }
 
     pub fn pool_status(&self) -> deadpool_sqlite::Status {
@@ -149,17 +146,36 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     {
-        // One bound for getting a connection and running the query.
-        let outcome = tokio::time::timeout(self.timeout, async {
-            let conn = self.readers.get().await.map_err(|e| StoreError::Unavailable(e.to_string()))?;
-            conn.interact(move |conn| query(conn))
-                .await
-                .map_err(|e| StoreError::Internal(anyhow::anyhow!("read task failed: {e}")))
-        })
-        .await
-        .map_err(|_| StoreError::Unavailable("query timed out".into()))??;
-        outcome.map_err(map_error)
+        read_on(&self.readers, self.timeout, query).await
     }
+}
+
+/// Runs `query` on a pooled reader, one bound for getting the connection and running it.
+async fn read_on<T, F>(readers: &Pool, timeout: Duration, query: F) -> Result<T, StoreError>
+where
+    T: Send + 'static,
+    F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+{
+    let outcome = tokio::time::timeout(timeout, async {
+        let conn = readers.get().await.map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        conn.interact(move |conn| query(conn))
+            .await
+            .map_err(|e| StoreError::Internal(anyhow::anyhow!("read task failed: {e}")))
+    })
+    .await
+    .map_err(|_| StoreError::Unavailable("query timed out".into()))??;
+    outcome.map_err(map_error)
+}
+
+/// Up to `limit` users with ids above `after`, in id order.
+fn select_page(conn: &Connection, after: i64, limit: usize) -> rusqlite::Result<Vec<User>> {
+    // No `LIMIT ?2`: the bundled SQLite (built with STAT4) marks a statement whose LIMIT is a
+    // bound parameter as expired at every bind and re-prepares it on every run (~80k
+    // instructions a request); the cursor stops after `limit` rows instead.
+    conn.prepare_cached(&format!("{SELECT_USER} WHERE id > ?1 ORDER BY id"))?
+        .query_map([after], row_to_user)?
+        .take(limit)
+        .collect()
 }
 
 fn open_writer(path: &Path) -> anyhow::Result<Connection> {
@@ -169,10 +185,6 @@ fn open_writer(path: &Path) -> anyhow::Result<Connection> {
     conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;")
         .context("configuring SQLite (WAL, synchronous=FULL)")?;
     Ok(conn)
-}
-
-fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
-    Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
 }
 
 fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
