@@ -24,7 +24,7 @@ pub const MAX_PAGE_SIZE: u32 = 1000;
 /// Page size when `after` is given without `limit`.
 pub const DEFAULT_PAGE_SIZE: u32 = 100;
 /// Users serialised into one body chunk when streaming the whole list.
-const STREAM_CHUNK_USERS: usize = 128;
+const STREAM_CHUNK_USERS: usize = 64;
 
 pub fn router() -> Router<Arc<AppState>> {
     Router::new()
