@@ -122,16 +122,23 @@ impl Authenticator {
     }
 
     pub async fn verify(&self, token: &str) -> Result<Claims, AuthError> {
-        let key = match &self.keys {
-            Keys::Secret(key) => key.clone(),
+        let decoded = match &self.keys {
+            Keys::Secret(key) => jsonwebtoken::decode::<Claims>(token, key, &self.validation),
             Keys::Jwks(cache) => {
                 let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Invalid)?;
-                cache.key_for(header.kid.as_deref()).await?
+                if !self.validation.algorithms.contains(&header.alg) {
+                    return Err(AuthError::Invalid);
+                }
+                let key = cache.key_for(header.kid.as_deref()).await?;
+                // jsonwebtoken wants every allowed algorithm to fit the key (RS256 and ES256 never
+                // both do), so each token is checked against its own, already allowed, algorithm;
+                // a key of the other family still refuses it.
+                let mut validation = self.validation.clone();
+                validation.algorithms = vec![header.alg];
+                jsonwebtoken::decode::<Claims>(token, &key, &validation)
             }
         };
-        jsonwebtoken::decode::<Claims>(token, &key, &self.validation)
-            .map(|data| data.claims)
-            .map_err(|_| AuthError::Invalid)
+        decoded.map(|data| data.claims).map_err(|_| AuthError::Invalid)
     }
 }
 
