@@ -1,10 +1,10 @@
 //! Request-body extraction with the contract's statuses (axum's `Json` would answer 422/415 its own way).
 
+use std::time::Duration;
+
 use axum::body::Body;
 use axum::extract::{FromRequest, Request};
 use axum::http::header;
-use std::time::Duration;
-
 use http_body_util::BodyExt;
 use serde_json::Value;
 
