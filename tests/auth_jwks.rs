@@ -71,6 +71,11 @@ async fn get_users(app: &TestApp, token: &str) -> reqwest::Response {
     app.client.get(app.url("/users")).bearer_auth(token).send().await.unwrap()
 }
 
+async fn create_user(app: &TestApp, token: &str, email: &str) -> reqwest::Response {
+    let body = json!({"name": "Key Holder", "email": email});
+    app.client.post(app.url("/user")).bearer_auth(token).json(&body).send().await.unwrap()
+}
+
 #[tokio::test]
 async fn es256_tokens_are_verified_against_the_jwks_and_forgeries_refused() {
     let key = signing_key(7);
@@ -84,26 +89,10 @@ async fn es256_tokens_are_verified_against_the_jwks_and_forgeries_refused() {
 
     let good = es256(&key, Some(KID), &claims("users:read users:write", AUDIENCE));
     assert_eq!(get_users(&app, &good).await.status(), 200);
-    let created = app
-        .client
-        .post(app.url("/user"))
-        .bearer_auth(&good)
-        .json(&json!({"name": "Key Holder", "email": "holder@example.com"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(created.status(), 201);
+    assert_eq!(create_user(&app, &good, "holder@example.com").await.status(), 201);
 
     let read_only = es256(&key, Some(KID), &claims("users:read", AUDIENCE));
-    let refused = app
-        .client
-        .post(app.url("/user"))
-        .bearer_auth(&read_only)
-        .json(&json!({"name": "Key Holder", "email": "other@example.com"}))
-        .send()
-        .await
-        .unwrap();
-    expect_problem(refused, 403, "insufficient_scope").await;
+    expect_problem(create_user(&app, &read_only, "other@example.com").await, 403, "insufficient_scope").await;
 
     let forgeries = [
         (
