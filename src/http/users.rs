@@ -153,7 +153,7 @@ pub(super) async fn list_users(
     Ok(response)
 }
 
-/// The whole table as one JSON array, written as rows arrive from the database cursor.
+/// The whole table as one JSON array, written as rows arrive from the store.
 async fn stream_all(state: &AppState) -> Result<Response, ApiError> {
     let mut users = state.store.stream_all();
     // Wait for the first row so that an unavailable database is still a clean 503.

@@ -138,7 +138,8 @@ impl Store {
         result
     }
 
-    /// Every user in id order, read from a database cursor in constant memory.
+    /// Every user in id order, in constant memory (SQLite: keyset batches from the read pool;
+    /// PostgreSQL: one cursor on a pooled connection).
     pub fn stream_all(&self) -> BoxStream<'static, Result<User, StoreError>> {
         match self {
             Self::Sqlite(s) => s.stream_all(),
