@@ -15,12 +15,15 @@ import http.client
 import json
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -252,3 +255,104 @@ def proxy(workdir, api):
     n = start_nginx(workdir, f"127.0.0.1:{api.port}")
     yield n
     n.stop()
+
+
+# ---------------------------------------------------------------- helpers shared by the test files
+
+PROBLEM = "application/problem+json"
+ALB_IDLE_TIMEOUT_S = 60
+API_REQUEST_TIMEOUT_S = 10
+BODY_LIMIT = 64 * 1024
+
+
+def unique_email(tag: str = "u") -> str:
+    return f"{tag}.{uuid.uuid4().hex[:12]}@example.com"
+
+
+def new_user(tag: str = "u") -> dict:
+    return {"name": "Ada Lovelace", "email": unique_email(tag)}
+
+
+def assert_problem(resp, status: int) -> dict:
+    assert resp.status == status, (resp.status, resp.body[:300])
+    assert resp.header("Content-Type").split(";")[0].strip() == PROBLEM, resp.headers
+    doc = resp.json()
+    assert doc["status"] == status
+    assert doc["title"] and doc["detail"] and doc["type"] and doc["code"]
+    if resp.header("X-Request-Id"):
+        assert doc.get("request_id", resp.header("X-Request-Id")) == resp.header("X-Request-Id")
+    return doc
+
+
+def seconds(conf: str, directive: str) -> int:
+    m = re.search(rf"^\s*{directive}\s+(\d+)s;", conf, re.M)
+    assert m, f"{directive} not set in the rendered config"
+    return int(m.group(1))
+
+
+class CannedUpstream:
+    """A loopback TCP server standing in for the API. Each connection is read up
+    to the end of its request head, then, after `delay` seconds, answered with
+    `reply` and closed; reply=None never answers, reply=b"" closes unanswered
+    (a request that reached the API and got no response)."""
+
+    def __init__(self, reply: bytes | None, delay: float = 0.0):
+        self.reply = reply
+        self.delay = delay
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.conns: list[socket.socket] = []
+        self.requests: list[bytes] = []
+        self.stopped = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        self.sock.settimeout(0.2)
+        while not self.stopped.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            self.conns.append(conn)
+            if self.reply is not None:
+                threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket):
+        try:
+            conn.settimeout(5)
+            data = b""
+            while b"\r\n\r\n" not in data:
+                part = conn.recv(65536)
+                if not part:
+                    break
+                data += part
+            self.requests.append(data)
+            if self.stopped.wait(self.delay):
+                return
+            conn.sendall(self.reply)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def close(self):
+        self.stopped.set()
+        for c in self.conns:
+            c.close()
+        self.sock.close()
+
+
+def forwarded_headers(raw: bytes) -> dict[str, str]:
+    head = raw.split(b"\r\n\r\n", 1)[0].decode()
+    lines = head.split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    headers[":request-line"] = lines[0]
+    return headers
+
+
