@@ -129,11 +129,12 @@ class Api:
                 self.proc.wait()
 
 
-def start_api(workdir: Path, name: str = "api") -> Api:
+def start_api(workdir: Path, name: str = "api", port: int | None = None) -> Api:
+    """The real binary on SQLite (workdir/name.db); on `port` when given (a restart in place)."""
     binary = os.environ.get("USERS_API_BIN", str(ROOT / "target" / "debug" / "users-api"))
     if not os.access(binary, os.X_OK):
         raise RuntimeError(f"users-api binary not found at {binary} (scripts/test-proxy builds it)")
-    port = free_port()
+    port = port or free_port()
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "BIND_ADDR": f"127.0.0.1:{port}",
@@ -144,7 +145,7 @@ def start_api(workdir: Path, name: str = "api") -> Api:
         "TRUST_FORWARDED_FOR": "true",
     }
     log_path = workdir / f"{name}.log"
-    log = open(log_path, "wb")
+    log = open(log_path, "ab")
     proc = subprocess.Popen([binary, "serve"], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=workdir)
     log.close()
     api = Api(port, log_path, proc, env)

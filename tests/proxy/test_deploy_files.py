@@ -116,7 +116,7 @@ def test_proxy_dockerfile_shape():
     used = set(re.findall(r"\$\{([A-Z_]+)\}", code))
     render = (ROOT / "proxy/render-config").read_text()
     # render-config computes these from the settings named beside them
-    derived = {"TRACE_SAMPLE_SPLIT": "TRACE_SAMPLE_PERCENT"}
+    derived = {"TRACE_SAMPLE_SPLIT": "TRACE_SAMPLE_PERCENT", "UPSTREAM_SERVERS": "UPSTREAM"}
     settings = {"LISTEN_PORT", "LISTEN_ADDR", "UPSTREAM", "REAL_IP_FROM", "WRITE_RATE", "WRITE_BURST",
                 "READ_RATE", "READ_BURST", "CONN_LIMIT", "LIST_CONN_LIMIT", "TRACE_SAMPLE_PERCENT"}
     assert used == (settings - set(derived.values())) | set(derived)
