@@ -1,14 +1,25 @@
 use std::fmt;
 
+use icu_casemap::CaseMapper;
+use idna::uts46::{AsciiDenyList, DnsLength, Hyphens, Uts46};
+use unicode_normalization::UnicodeNormalization;
+use unicode_normalization::char::is_combining_mark;
+use unicode_security::MixedScript;
+
 pub const MAX_LOCAL_CHARS: usize = 64;
 pub const MAX_TOTAL_CHARS: usize = 254;
 const MAX_LABEL_CHARS: usize = 63;
 
-/// An email address: trimmed, NFC, syntactically valid, domain lowercased.
+/// An email address: trimmed, the local part NFC as sent, the domain in its UTS #46 Unicode form
+/// (lowercase; fullwidth letters and punycode labels read as the letters they stand for).
 ///
-/// `key()` is the case-insensitive identity used for uniqueness.
+/// `key()` is the identity used for uniqueness: the local part compatibility-casefolded and the
+/// domain in its ASCII (punycode) form, so every spelling of one mailbox has one key.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Email(String);
+pub struct Email {
+    address: String,
+    key: String,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EmailError {
@@ -22,12 +33,20 @@ pub enum EmailError {
     LocalTooLong,
     #[error("local part is not valid (letters, digits and !#$%&'*+/=?^_`{{|}}~- separated by single dots)")]
     InvalidLocal,
+    #[error("local part must not contain invisible or direction-changing characters (found U+{:04X})", *.0 as u32)]
+    InvisibleInLocal(char),
+    #[error("local part must not mix scripts (e.g. Latin and Cyrillic letters)")]
+    MixedScriptLocal,
+    #[error("domain is not a valid internationalised domain name (UTS #46)")]
+    InvalidDomain,
     #[error("domain must have at least two labels separated by dots")]
     DomainNeedsDot,
     #[error("domain label {0:?} is not valid (1–63 letters, digits or inner hyphens)")]
     InvalidLabel(String),
-    #[error("top-level domain must not be all digits")]
-    NumericTld,
+    #[error("domain label {0:?} mixes scripts (e.g. Latin and Cyrillic letters)")]
+    MixedScriptLabel(String),
+    #[error("top-level domain must be letters only")]
+    NonLetterTld,
 }
 
 impl Email {
@@ -47,27 +66,61 @@ impl Email {
             return Err(EmailError::LocalTooLong);
         }
         validate_local(local)?;
-        let domain = domain.to_lowercase();
+        let domain = unicode_domain(domain)?;
         validate_domain(&domain)?;
-        Ok(Self(format!("{local}@{domain}")))
+        // The strict pass: STD3 characters, hyphen placement and DNS lengths, on the A-labels.
+        let ascii_domain = Uts46::new()
+            .to_ascii(domain.as_bytes(), AsciiDenyList::STD3, Hyphens::CheckFirstLast, DnsLength::Verify)
+            .map_err(|_| EmailError::InvalidDomain)?;
+        let address = format!("{local}@{domain}");
+        if address.chars().count() > MAX_TOTAL_CHARS {
+            return Err(EmailError::TooLong);
+        }
+        let key = format!("{}@{ascii_domain}", local_key(local));
+        Ok(Self { address, key })
     }
 
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.address
     }
 
-    /// The identity two addresses share when they differ only by case.
+    /// The identity shared by every spelling of this address (case, width, compatibility
+    /// characters, IDN or punycode domain).
     pub fn key(&self) -> String {
-        self.0.to_lowercase()
+        self.key.clone()
     }
 }
 
-/// RFC 5322 dot-atom, widened to non-ASCII letters and digits as RFC 6531 allows.
+/// The uniqueness key of an address already stored, valid or not under today's rules (the
+/// migration that rekeys old rows): for a valid address it equals `Email::parse(..).key()`.
+pub fn email_key(stored: &str) -> String {
+    let Some((local, domain)) = stored.rsplit_once('@') else { return local_key(stored) };
+    let lenient = Uts46::new().to_ascii(domain.as_bytes(), AsciiDenyList::EMPTY, Hyphens::Allow, DnsLength::Ignore);
+    let domain = lenient.map_or_else(|_| domain.to_lowercase(), |ascii| ascii.into_owned());
+    format!("{}@{domain}", local_key(local))
+}
+
+/// NFKC casefold as Unicode defines compatibility caseless matching (D146):
+/// NFKD(fold(NFKD(fold(NFD(s))))), recomposed. "Kay" with a Kelvin sign, "ＫＡＹ" and "kay" agree.
+fn local_key(local: &str) -> String {
+    let fold = |s: String| CaseMapper::new().fold_string(&s).into_owned();
+    let once: String = fold(local.nfd().collect()).nfkd().collect();
+    fold(once).nfkd().nfc().collect()
+}
+
+/// RFC 5322 dot-atom, widened to non-ASCII letters and digits as RFC 6531 allows; nothing
+/// invisible, and one script (a Cyrillic "а" among Latin letters is a lookalike, not a name).
 fn validate_local(local: &str) -> Result<(), EmailError> {
     for atom in local.split('.') {
         if atom.is_empty() || !atom.chars().all(is_atext) {
             return Err(EmailError::InvalidLocal);
         }
+    }
+    if let Some(c) = local.chars().find(|c| super::is_invisible(*c)) {
+        return Err(EmailError::InvisibleInLocal(c));
+    }
+    if !local.is_single_script() {
+        return Err(EmailError::MixedScriptLocal);
     }
     Ok(())
 }
@@ -76,7 +129,16 @@ fn is_atext(c: char) -> bool {
     c.is_ascii_alphanumeric() || "!#$%&'*+/=?^_`{|}~-".contains(c) || (!c.is_ascii() && c.is_alphanumeric())
 }
 
-/// RFC 1035 labels (letters, digits, inner hyphens), letters may be Unicode (IDN U-labels).
+/// UTS #46 mapping (lowercase, width and compatibility folding, punycode decoded). The ASCII
+/// rules come after, in `validate_domain`, so that their errors can name the label at fault.
+fn unicode_domain(domain: &str) -> Result<String, EmailError> {
+    let (unicode, result) = Uts46::new().to_unicode(domain.as_bytes(), AsciiDenyList::EMPTY, Hyphens::Allow);
+    result.map_err(|_| EmailError::InvalidDomain)?;
+    Ok(unicode.into_owned())
+}
+
+/// RFC 1035 labels (letters, digits, inner hyphens), letters may be Unicode (IDN U-labels) of
+/// one script per label; a top-level label of letters only (no IP literals, no "com1").
 fn validate_domain(domain: &str) -> Result<(), EmailError> {
     let labels: Vec<&str> = domain.split('.').collect();
     if labels.len() < 2 {
@@ -87,27 +149,30 @@ fn validate_domain(domain: &str) -> Result<(), EmailError> {
             && label.chars().count() <= MAX_LABEL_CHARS
             && !label.starts_with('-')
             && !label.ends_with('-')
-            && label.chars().all(|c| c.is_alphanumeric() || c == '-');
+            && label.chars().all(|c| c.is_alphanumeric() || is_combining_mark(c) || c == '-');
         if !valid {
             return Err(EmailError::InvalidLabel((*label).to_owned()));
         }
+        if !label.is_single_script() {
+            return Err(EmailError::MixedScriptLabel((*label).to_owned()));
+        }
     }
     let tld = labels[labels.len() - 1];
-    if tld.chars().all(|c| c.is_ascii_digit()) {
-        return Err(EmailError::NumericTld);
+    if !tld.chars().all(|c| (c.is_alphabetic() && !c.is_numeric()) || is_combining_mark(c)) {
+        return Err(EmailError::NonLetterTld);
     }
     Ok(())
 }
 
 impl AsRef<str> for Email {
     fn as_ref(&self) -> &str {
-        &self.0
+        &self.address
     }
 }
 
 impl fmt::Display for Email {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.address)
     }
 }
 
@@ -154,12 +219,93 @@ mod tests {
             ("user@-example.com", EmailError::InvalidLabel("-example".into())),
             ("user@example-.com", EmailError::InvalidLabel("example-".into())),
             ("user@exa_mple.com", EmailError::InvalidLabel("exa_mple".into())),
-            ("user@1.2.3.4", EmailError::NumericTld),
+            ("user@1.2.3.4", EmailError::NonLetterTld),
             ("user@[127.0.0.1]", EmailError::InvalidLabel("[127".into())),
         ];
         for (raw, expected) in cases {
             assert_eq!(Email::parse(raw), Err(expected), "{raw:?}");
         }
+    }
+
+    /// The lookalikes of the hostile-input review: each spelling on the left is the mailbox on the
+    /// right (same key), stored as shown.
+    #[test]
+    fn lookalike_spellings_of_one_mailbox_share_its_key() {
+        let cases = [
+            // (as sent, as stored and shown, the address it must collide with)
+            ("ada@ｅｘａｍｐｌｅ.com", "ada@example.com", "ada@example.com"),
+            ("ada@ＥＸＡＭＰＬＥ．ＣＯＭ", "ada@example.com", "ada@example.com"),
+            ("ada@bücher.de", "ada@bücher.de", "ada@xn--bcher-kva.de"),
+            ("ada@XN--BCHER-KVA.de", "ada@bücher.de", "ada@bücher.de"),
+            ("ada@bu\u{0308}cher.de", "ada@bücher.de", "ada@xn--bcher-kva.de"),
+            ("\u{212A}ay@example.com", "Kay@example.com", "kay@example.com"),
+            ("ＫＡＹ@example.com", "ＫＡＹ@example.com", "kay@example.com"),
+            ("ſam@example.com", "ſam@example.com", "SAM@example.com"),
+            ("ﬁona@example.com", "ﬁona@example.com", "fiona@example.com"),
+            ("straße@example.com", "straße@example.com", "STRASSE@example.com"),
+            ("ΣΊΣΥΦΟΣ@example.gr", "ΣΊΣΥΦΟΣ@example.gr", "σίσυφος@example.gr"),
+            ("ada@exam\u{00AD}ple.com", "ada@example.com", "ada@example.com"),
+            ("user@例子.广告", "user@例子.广告", "user@xn--fsqu00a.xn--4rr70v"),
+        ];
+        for (sent, stored, twin) in cases {
+            let email = Email::parse(sent).unwrap_or_else(|e| panic!("{sent:?}: {e}"));
+            assert_eq!(email.as_str(), stored, "{sent:?} is stored as");
+            let twin = Email::parse(twin).unwrap_or_else(|e| panic!("{twin:?}: {e}"));
+            assert_eq!(email.key(), twin.key(), "{sent:?} and {:?} are one mailbox", twin.as_str());
+        }
+        assert_eq!(Email::parse("ada@ｅｘａｍｐｌｅ.com").unwrap().key(), "ada@example.com");
+        assert_eq!(Email::parse("\u{212A}ay@Bücher.de").unwrap().key(), "kay@xn--bcher-kva.de");
+    }
+
+    #[test]
+    fn distinct_mailboxes_keep_distinct_keys() {
+        for (a, b) in [
+            ("ada@example.com", "ada@example.co"),
+            ("ada@bücher.de", "ada@bucher.de"),
+            ("ada.lovelace@example.com", "adalovelace@example.com"),
+            ("ada+x@example.com", "ada@example.com"),
+            ("josé@example.com", "jose@example.com"),
+        ] {
+            assert_ne!(Email::parse(a).unwrap().key(), Email::parse(b).unwrap().key(), "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn mixed_script_invisible_and_non_letter_spellings_are_refused() {
+        let cases = [
+            ("bob@ex\u{0430}mple.com", EmailError::MixedScriptLabel("ex\u{0430}mple".into())),
+            ("bob@xn--exmple-4nf.com", EmailError::MixedScriptLabel("ex\u{0430}mple".into())),
+            ("bob@paypal.c\u{043E}m", EmailError::MixedScriptLabel("c\u{043E}m".into())),
+            ("b\u{043E}b@example.com", EmailError::MixedScriptLocal),
+            ("p\u{0430}ypal@example.com", EmailError::MixedScriptLocal),
+            ("bob\u{3164}@example.com", EmailError::InvisibleInLocal('\u{3164}')),
+            ("\u{115F}bob@example.com", EmailError::InvisibleInLocal('\u{115F}')),
+            ("bob@example.com1", EmailError::NonLetterTld),
+            ("bob@example.c0m", EmailError::NonLetterTld),
+            ("bob@example.123", EmailError::NonLetterTld),
+            ("bob@example.co-m", EmailError::NonLetterTld),
+            ("bob@xn--abc.com", EmailError::InvalidDomain),
+            ("bob@exa\u{202E}mple.com", EmailError::InvalidDomain),
+        ];
+        for (raw, expected) in cases {
+            assert_eq!(Email::parse(raw), Err(expected), "{raw:?}");
+        }
+        // One script per label, not per domain: a Cyrillic label beside a Latin one is fine.
+        assert!(Email::parse("ivan@пример.com").is_ok());
+        assert!(Email::parse("иван@example.рф").is_ok());
+        assert!(Email::parse("ivan@xn--e1afmkfd.xn--p1ai").is_ok());
+    }
+
+    #[test]
+    fn the_lenient_key_of_a_stored_address_matches_the_parsed_key() {
+        for raw in ["M.Rossi@example.it", "\u{212A}ay@bücher.de", "ＫＡＹ@example.com", "ada@example.com"] {
+            let email = Email::parse(raw).unwrap();
+            assert_eq!(email_key(email.as_str()), email.key(), "{raw:?}");
+        }
+        // Rows stored under older rules may not parse today; they still get a key.
+        assert_eq!(email_key("bob@ex\u{0430}mple.com"), "bob@xn--exmple-4nf.com");
+        assert_eq!(email_key("Bob@ＥＸＡＭＰＬＥ.com"), "bob@example.com");
+        assert_eq!(email_key("no-at-sign"), "no-at-sign");
     }
 
     #[test]
@@ -197,6 +343,52 @@ mod tests {
             let raw = format!("{local}@{}.{tld}", labels.join("."));
             let email = Email::parse(&raw).unwrap();
             prop_assert_eq!(email.key(), raw.to_lowercase());
+        }
+
+        #[test]
+        fn a_parsed_key_is_the_stored_address_key(raw in "\\PC{0,80}|[a-zA-Z\u{212A}\u{17F}\u{FF21}-\u{FF3A}\u{FF41}-\u{FF5A}]{1,10}@[a-zA-Z\u{FF41}-\u{FF5A}äöüßé]{1,10}\\.(com|de|рф)") {
+            if let Ok(email) = Email::parse(&raw) {
+                prop_assert_eq!(email_key(email.as_str()), email.key());
+                let key_of_key = Email::parse(&email.key()).map(|k| k.key());
+                prop_assert!(key_of_key.is_err() || key_of_key.unwrap() == email.key(), "the key is a fixed point");
+            }
+        }
+
+        #[test]
+        fn fullwidth_spellings_share_one_key(
+            local in "[a-zA-Z0-9]{1,12}",
+            domain in "[a-zA-Z][a-zA-Z0-9]{0,11}",
+            widen in prop::collection::vec(any::<bool>(), 24),
+        ) {
+            let fullwidth = |s: &str, offset: usize| -> String {
+                s.chars().enumerate().map(|(i, c)| {
+                    if widen[(i + offset) % widen.len()] { char::from_u32(c as u32 + 0xFEE0).unwrap() } else { c }
+                }).collect()
+            };
+            let plain = Email::parse(&format!("{local}@{domain}.com")).unwrap();
+            let wide = Email::parse(&format!("{}@{}.com", fullwidth(&local, 0), fullwidth(&domain, 12))).unwrap();
+            prop_assert_eq!(wide.key(), plain.key());
+            // The domain is shown as the letters it stands for; the local part as sent.
+            prop_assert_eq!(wide.as_str().split_once('@').unwrap().1, plain.as_str().split_once('@').unwrap().1.to_lowercase());
+        }
+
+        #[test]
+        fn unicode_and_punycode_domains_share_one_key(local in "[a-z]{1,8}", label in "[a-zäöüéñçß]{1,12}") {
+            let ascii_label = idna::domain_to_ascii(&label).unwrap();
+            let unicode = Email::parse(&format!("{local}@{label}.de")).unwrap();
+            let punycode = Email::parse(&format!("{local}@{}.de", ascii_label.to_uppercase())).unwrap();
+            prop_assert_eq!(unicode.key(), punycode.key());
+            prop_assert_eq!(unicode.as_str(), punycode.as_str());
+        }
+
+        #[test]
+        fn a_latin_label_with_one_cyrillic_lookalike_is_refused(
+            before in "[a-z]{0,6}",
+            lookalike in prop::sample::select(vec!['\u{0430}', '\u{0435}', '\u{043E}', '\u{0440}', '\u{0441}', '\u{0445}']),
+            after in "[a-z]{1,6}",
+        ) {
+            let label = format!("{before}{lookalike}{after}");
+            prop_assert_eq!(Email::parse(&format!("bob@{label}.com")), Err(EmailError::MixedScriptLabel(label)));
         }
 
         #[test]

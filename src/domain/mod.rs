@@ -4,10 +4,12 @@ mod email;
 mod name;
 mod user;
 
-pub use email::{Email, EmailError};
+pub use email::{Email, EmailError, email_key};
 pub use name::{UserName, UserNameError};
 pub use user::{NewUser, User};
 
+use icu_properties::CodePointSetData;
+use icu_properties::props::{BidiControl, DefaultIgnorableCodePoint};
 use unicode_normalization::{IsNormalized, UnicodeNormalization, is_nfc_quick};
 
 /// `text` in NFC. Most input already is: the quick check confirms it without rebuilding the
@@ -17,6 +19,13 @@ fn to_nfc(text: &str) -> String {
         IsNormalized::Yes => text.to_owned(),
         IsNormalized::No | IsNormalized::Maybe => text.nfc().collect(),
     }
+}
+
+/// Renders as nothing, or only steers the direction of text around it: such a character makes
+/// two different strings look the same (Hangul filler, zero-width joiner, RLO).
+fn is_invisible(c: char) -> bool {
+    CodePointSetData::new::<DefaultIgnorableCodePoint>().contains(c)
+        || CodePointSetData::new::<BidiControl>().contains(c)
 }
 
 #[cfg(test)]
