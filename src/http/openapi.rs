@@ -11,10 +11,15 @@ use crate::domain::User;
 #[derive(ToSchema)]
 #[allow(dead_code)]
 pub struct NewUserRequest {
-    /// 3–50 Unicode letters and single spaces after NFC normalisation and trimming.
+    /// 3–50 characters after NFC normalisation and trimming: letters of any script, combining
+    /// marks (at most 4 per letter) and single spaces, at least 3 letters; no invisible
+    /// (default-ignorable) or bidi-control character.
     #[schema(example = "Niccolò Rossi", min_length = 1, max_length = 1000)]
     name: String,
-    /// An address local@domain; the domain is stored lowercased, uniqueness ignores case.
+    /// An address local@domain. The domain goes through UTS #46 (IDNA) and is stored in its
+    /// Unicode form; labels mixing scripts and non-letter top-level labels are refused. Unique
+    /// by a key ignoring case, width and compatibility spellings (NFKC casefold of the local
+    /// part, the domain's punycode form): `Ada@ＥＸＡＭＰＬＥ.com` is `ada@example.com`.
     #[schema(example = "niccolo.rossi@example.it", min_length = 1, max_length = 1000)]
     email: String,
 }

@@ -2,6 +2,7 @@
 
 mod postgres;
 mod postgres_writer;
+mod rekey;
 mod sqlite;
 mod tls;
 

@@ -10,10 +10,12 @@ use tokio_postgres::Row;
 use tokio_postgres::error::SqlState;
 
 use super::postgres_writer::InsertBatcher;
+use super::rekey::{self, Migration, StoredEmail};
 use super::{StoreError, StoreOptions, format_timestamp};
 use crate::domain::{NewUser, User};
 
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("migrations/postgres/0001_users.sql"))];
+const MIGRATIONS: &[(i64, Migration)] =
+    &[(1, Migration::Sql(include_str!("migrations/postgres/0001_users.sql"))), (2, Migration::RekeyEmails)];
 /// Serialises migrations of instances starting together (an arbitrary, fixed key).
 const MIGRATION_LOCK_KEY: i64 = 0x7573_6572_735f_6170;
 
@@ -60,13 +62,17 @@ impl PostgresStore {
             "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
         )
         .await?;
-        for (version, sql) in MIGRATIONS {
+        for (version, migration) in MIGRATIONS {
             let applied: bool = tx
                 .query_one("SELECT EXISTS(SELECT 1 FROM schema_migrations WHERE version = $1)", &[version])
                 .await?
                 .get(0);
             if !applied {
-                tx.batch_execute(sql).await.with_context(|| format!("applying PostgreSQL migration {version}"))?;
+                match migration {
+                    Migration::Sql(sql) => tx.batch_execute(sql).await,
+                    Migration::RekeyEmails => rekey_emails(&tx).await,
+                }
+                .with_context(|| format!("applying PostgreSQL migration {version}"))?;
                 tx.execute("INSERT INTO schema_migrations (version) VALUES ($1)", &[version]).await?;
             }
         }
@@ -151,6 +157,22 @@ impl PostgresStore {
         .await
         .map_err(|_| StoreError::Unavailable("timed out waiting for the database".into()))?
     }
+}
+
+async fn rekey_emails(tx: &tokio_postgres::Transaction<'_>) -> Result<(), tokio_postgres::Error> {
+    let rows = tx.query("SELECT id, email, email_key FROM users ORDER BY id", &[]).await?;
+    let changes = rekey::plan(rows.iter().map(|r| StoredEmail { id: r.get(0), email: r.get(1), key: r.get(2) }));
+    tracing::info!(changed = changes.len(), "recomputing email keys");
+    // Without the index while rewriting: a row may take a key another row is about to give up.
+    tx.batch_execute("DROP INDEX users_email_key").await?;
+    let (ids, keys): (Vec<i64>, Vec<String>) = changes.into_iter().map(|c| (c.id, c.key)).unzip();
+    tx.execute(
+        "UPDATE users SET email_key = changed.key FROM unnest($1::bigint[], $2::text[]) AS changed(id, key) \
+         WHERE users.id = changed.id",
+        &[&ids, &keys],
+    )
+    .await?;
+    tx.batch_execute("CREATE UNIQUE INDEX users_email_key ON users (email_key)").await
 }
 
 fn row_to_user(row: &Row) -> User {

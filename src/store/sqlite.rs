@@ -12,10 +12,12 @@ use futures_util::TryStreamExt;
 use futures_util::stream::{self, BoxStream};
 use tokio::sync::{mpsc, oneshot};
 
+use super::rekey::{self, Migration, StoredEmail};
 use super::{StoreError, StoreOptions, format_timestamp};
 use crate::domain::{NewUser, User};
 
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("migrations/sqlite/0001_users.sql"))];
+const MIGRATIONS: &[(i64, Migration)] =
+    &[(1, Migration::Sql(include_str!("migrations/sqlite/0001_users.sql"))), (2, Migration::RekeyEmails)];
 
 /// Pending writes beyond this are refused with 503 rather than queued without bound.
 const WRITE_QUEUE_CAPACITY: usize = 4096;
@@ -192,11 +194,15 @@ fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
     tx.execute_batch(
         "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)",
     )?;
-    for (version, sql) in MIGRATIONS {
+    for (version, migration) in MIGRATIONS {
         let applied: bool =
             tx.query_row("SELECT EXISTS(SELECT 1 FROM schema_migrations WHERE version = ?1)", [version], |r| r.get(0))?;
         if !applied {
-            tx.execute_batch(sql).with_context(|| format!("applying SQLite migration {version}"))?;
+            match migration {
+                Migration::Sql(sql) => tx.execute_batch(sql),
+                Migration::RekeyEmails => rekey_emails(&tx),
+            }
+            .with_context(|| format!("applying SQLite migration {version}"))?;
             tx.execute(
                 "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, ?2)",
                 params![version, format_timestamp(time::OffsetDateTime::now_utc())],
@@ -205,6 +211,22 @@ fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
     }
     tx.commit()?;
     Ok(())
+}
+
+fn rekey_emails(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
+    let rows = tx
+        .prepare("SELECT id, email, email_key FROM users ORDER BY id")?
+        .query_map([], |r| Ok(StoredEmail { id: r.get(0)?, email: r.get(1)?, key: r.get(2)? }))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let changes = rekey::plan(rows);
+    tracing::info!(changed = changes.len(), "recomputing email keys");
+    // Without the index while rewriting: a row may take a key another row is about to give up.
+    tx.execute_batch("DROP INDEX users_email_key")?;
+    let mut update = tx.prepare("UPDATE users SET email_key = ?2 WHERE id = ?1")?;
+    for change in changes {
+        update.execute(params![change.id, change.key])?;
+    }
+    tx.execute_batch("CREATE UNIQUE INDEX users_email_key ON users (email_key)")
 }
 
 /// Takes every queued insert, commits them in one transaction, then answers each.
