@@ -93,6 +93,13 @@ pub struct ServeConfig {
     /// Requests handled at once; beyond this the service answers 503 at once instead of queueing.
     #[arg(long, env = "MAX_IN_FLIGHT", default_value_t = 1024)]
     pub max_in_flight: usize,
+    /// Full-list downloads (`GET /users` without paging) at once, counted for their whole life
+    /// and apart from MAX_IN_FLIGHT; beyond it 503 at once.
+    #[arg(long, env = "MAX_LIST_STREAMS", default_value_t = 16, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_list_streams: usize,
+    /// Seconds a full-list download may go without the client taking more before it is ended.
+    #[arg(long, env = "LIST_STREAM_STALL_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub list_stream_stall_secs: u64,
     /// Skip migrations at start (when `users-api migrate` runs as a separate step).
     #[arg(long, env = "SKIP_MIGRATIONS", default_value_t = false)]
     pub skip_migrations: bool,
@@ -221,6 +228,10 @@ struct ServeArgsParser {
 impl ServeConfig {
     pub fn request_timeout(&self) -> Duration {
         Duration::from_secs(self.request_timeout_secs)
+    }
+
+    pub fn list_stream_stall_timeout(&self) -> Duration {
+        Duration::from_secs(self.list_stream_stall_secs)
     }
 
     pub fn shutdown_grace(&self) -> Duration {

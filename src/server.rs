@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 
 use crate::auth::Authenticator;
 use crate::config::ServeConfig;
-use crate::http::{AppState, Guards, RateLimiter, app};
+use crate::http::{AppState, Guards, ListStreams, RateLimiter, app};
 use crate::store::{Store, redact};
 
 pub struct Application {
@@ -62,7 +62,8 @@ impl Application {
                  create users. Set AUTH_JWT_SECRET or AUTH_JWKS_URL."
             );
         }
-        let state = Arc::new(AppState { store, draining: AtomicBool::new(false) });
+        let list_streams = ListStreams::new(config.max_list_streams, config.list_stream_stall_timeout());
+        let state = Arc::new(AppState { store, draining: AtomicBool::new(false), list_streams });
         Ok(Self { listener, metrics_listener, state, authenticator, config })
     }
 

@@ -44,6 +44,8 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("the service is temporarily unavailable; retry shortly")]
     Unavailable { retry_after_secs: u32 },
+    #[error("too many full-list downloads are running; retry shortly, or read pages with ?limit=")]
+    StreamsBusy { retry_after_secs: u32 },
     #[error("the request took too long to process")]
     Timeout,
     #[error("{0}")]
@@ -82,7 +84,7 @@ impl ApiError {
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::Unavailable { .. } | Self::Timeout => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable { .. } | Self::StreamsBusy { .. } | Self::Timeout => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Unauthorized(AuthError::KeysUnavailable) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
@@ -104,6 +106,7 @@ impl ApiError {
             Self::NotFound(_) => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::Unavailable { .. } => "service_unavailable",
+            Self::StreamsBusy { .. } => "list_streams_busy",
             Self::Timeout => "timeout",
             Self::Internal(_) => "internal_error",
             Self::Unauthorized(AuthError::KeysUnavailable) => "service_unavailable",
@@ -125,6 +128,7 @@ impl ApiError {
             Self::NotFound(_) => "Not found",
             Self::MethodNotAllowed => "Method not allowed",
             Self::Unavailable { .. } => "Service unavailable",
+            Self::StreamsBusy { .. } => "Too many full-list downloads",
             Self::Timeout => "Request timed out",
             Self::Internal(_) => "Internal server error",
             Self::Unauthorized(AuthError::KeysUnavailable) => "Service unavailable",
@@ -179,7 +183,7 @@ impl IntoResponse for ApiError {
             (status, [(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON))], body).into_response();
         let headers = response.headers_mut();
         match self {
-            Self::Unavailable { retry_after_secs } => {
+            Self::Unavailable { retry_after_secs } | Self::StreamsBusy { retry_after_secs } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
             }
             Self::RateLimited { retry_after_secs } => {

@@ -4,6 +4,7 @@ mod auth;
 pub mod error;
 pub mod extract;
 mod health;
+mod list_stream;
 mod middleware;
 mod openapi;
 mod rate_limit;
@@ -19,6 +20,7 @@ use axum::response::IntoResponse;
 use tower_http::catch_panic::CatchPanicLayer;
 use utoipa_swagger_ui::SwaggerUi;
 
+pub use list_stream::ListStreams;
 pub use openapi::document as openapi_document;
 pub use rate_limit::RateLimiter;
 pub use users::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
@@ -31,6 +33,8 @@ pub struct AppState {
     pub store: Store,
     /// Set when shutdown begins: /ready turns 503 so load balancers stop routing here.
     pub draining: AtomicBool,
+    /// Cap and stall bound of full-list downloads, apart from `MAX_IN_FLIGHT`.
+    pub list_streams: ListStreams,
 }
 
 /// What stands between a client and the users routes.

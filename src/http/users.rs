@@ -3,28 +3,22 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::Body;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use bytes::Bytes;
-use futures_util::{StreamExt, stream};
 use serde::Deserialize;
 
 use super::AppState;
 use super::error::{ApiError, FieldError};
 use super::extract::NewUserJson;
 use crate::domain::User;
-use crate::store::StoreError;
 
 /// Largest page `?limit=` may ask for.
 pub const MAX_PAGE_SIZE: u32 = 1000;
 /// Page size when `after` is given without `limit`.
 pub const DEFAULT_PAGE_SIZE: u32 = 100;
-/// Users serialised into one body chunk when streaming the whole list.
-const STREAM_CHUNK_USERS: usize = 64;
 
 pub fn router() -> Router<Arc<AppState>> {
     Router::new()
@@ -113,7 +107,7 @@ pub(super) struct ListParams {
         (status = 401, description = "Missing or invalid bearer token", body = super::openapi::Problem, content_type = "application/problem+json"),
         (status = 403, description = "Token lacks users:read", body = super::openapi::Problem, content_type = "application/problem+json"),
         (status = 429, description = "Rate limited", body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Database unavailable", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Database unavailable, or `MAX_LIST_STREAMS` full-list downloads already running (code `list_streams_busy`); with Retry-After", body = super::openapi::Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = ["users:read"]))
 )]
@@ -123,7 +117,7 @@ pub(super) async fn list_users(
 ) -> Result<Response, ApiError> {
     let Query(params) = params.map_err(|e| ApiError::InvalidQuery(vec![FieldError::new("query", e.body_text())]))?;
     if params.limit.is_none() && params.after.is_none() {
-        return stream_all(&state).await;
+        return super::list_stream::respond(state).await;
     }
     let limit = match params.limit.as_deref() {
         None => DEFAULT_PAGE_SIZE,
@@ -151,34 +145,6 @@ pub(super) async fn list_users(
         response.headers_mut().insert(header::LINK, HeaderValue::from_str(&link).expect("ascii link"));
     }
     Ok(response)
-}
-
-/// The whole table as one JSON array, written as rows arrive from the store.
-async fn stream_all(state: &AppState) -> Result<Response, ApiError> {
-    let mut users = state.store.stream_all();
-    // Wait for the first row so that an unavailable database is still a clean 503.
-    let first = match users.next().await {
-        Some(Err(e)) => return Err(e.into()),
-        other => other,
-    };
-    let mut wrote_one = false;
-    let items = stream::iter(first).chain(users).ready_chunks(STREAM_CHUNK_USERS).map(move |chunk| {
-        let mut buf = Vec::with_capacity(chunk.len() * 112);
-        for user in chunk {
-            let user = user?;
-            if wrote_one {
-                buf.push(b',');
-            }
-            wrote_one = true;
-            serde_json::to_writer(&mut buf, &user).map_err(|e| StoreError::Internal(e.into()))?;
-        }
-        Ok::<_, StoreError>(Bytes::from(buf))
-    });
-    let body = stream::once(async { Ok(Bytes::from_static(b"[")) })
-        .chain(items)
-        .chain(stream::once(async { Ok(Bytes::from_static(b"]")) }));
-    Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], Body::from_stream(body))
-        .into_response())
 }
 
 fn json<T: serde::Serialize>(value: &T) -> Response {

@@ -8,8 +8,6 @@ mod tls;
 
 use std::time::Duration;
 
-use futures_util::stream::BoxStream;
-
 use crate::domain::{NewUser, User};
 
 pub use postgres::PostgresStore;
@@ -137,15 +135,6 @@ impl Store {
         let result = query.await;
         crate::telemetry::record_query(operation, self.backend(), started.elapsed());
         result
-    }
-
-    /// Every user in id order, in constant memory (SQLite: keyset batches from the read pool;
-    /// PostgreSQL: one cursor on a pooled connection).
-    pub fn stream_all(&self) -> BoxStream<'static, Result<User, StoreError>> {
-        match self {
-            Self::Sqlite(s) => s.stream_all(),
-            Self::Postgres(s) => s.stream_all(),
-        }
     }
 
     /// Succeeds when the database answers a trivial query.

@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime};
-use futures_util::stream::{self, BoxStream, StreamExt};
 use tokio_postgres::Row;
 use tokio_postgres::error::SqlState;
 
@@ -102,34 +101,6 @@ impl PostgresStore {
             })
             .await?;
         Ok(rows.iter().map(row_to_user).collect())
-    }
-
-    pub fn stream_all(&self) -> BoxStream<'static, Result<User, StoreError>> {
-        let pool = self.pool.clone();
-        let timeout = self.timeout;
-        // One time bound for getting a connection and starting the query, as in `with_client`.
-        let opened = async move {
-            tokio::time::timeout(timeout, async {
-                let client = pool.get().await.map_err(pool_error)?;
-                let stmt = client.prepare_cached(&format!("{SELECT_USER} ORDER BY id")).await.map_err(map_error)?;
-                let rows = client.query_raw(&stmt, std::iter::empty::<i64>()).await.map_err(map_error)?;
-                // The pooled client travels with the row stream so it is not reused mid-read.
-                Ok::<_, StoreError>((client, Box::pin(rows)))
-            })
-            .await
-            .map_err(|_| StoreError::Unavailable("timed out waiting for the database".into()))?
-        };
-        stream::once(opened)
-            .flat_map(|opened| match opened {
-                Ok((client, rows)) => rows
-                    .map(move |row| {
-                        let _keep_alive: &Object = &client;
-                        row.map(|r| row_to_user(&r)).map_err(map_error)
-                    })
-                    .boxed(),
-                Err(e) => stream::once(async move { Err(e) }).boxed(),
-            })
-            .boxed()
     }
 
     pub fn pool_status(&self) -> deadpool_postgres::Status {

@@ -8,8 +8,6 @@ use std::time::Duration;
 use anyhow::Context;
 use deadpool_sqlite::rusqlite::{self, Connection, ErrorCode, OptionalExtension, params};
 use deadpool_sqlite::{Config as PoolConfig, Hook, HookError, Pool, Runtime};
-use futures_util::TryStreamExt;
-use futures_util::stream::{self, BoxStream};
 use tokio::sync::{mpsc, oneshot};
 
 use super::rekey::{self, Migration, StoredEmail};
@@ -23,8 +21,6 @@ const MIGRATIONS: &[(i64, Migration)] =
 const WRITE_QUEUE_CAPACITY: usize = 4096;
 /// Inserts committed together in one transaction at most.
 const MAX_BATCH: usize = 512;
-/// Users read per pooled query when streaming the whole table.
-const STREAM_BATCH: usize = 256;
 /// Page cache of each pooled reader, in KiB.
 const READER_CACHE_KIB: u32 = 512;
 
@@ -105,25 +101,6 @@ impl SqliteStore {
 
     pub async fn page(&self, after: i64, limit: u32) -> Result<Vec<User>, StoreError> {
         self.read(move |conn| select_page(conn, after, limit as usize)).await
-    }
-
-    /// The whole table in id order, read in keyset batches from the read pool: a slow client
-    /// holds no reader between batches, and no thread or connection of its own (a thread and a
-    /// connection per stream cost ~250 KB each). Users are never deleted and the one writer
-    /// assigns ids in commit order, so consecutive batches miss no row.
-    pub fn stream_all(&self) -> BoxStream<'static, Result<User, StoreError>> {
-        let (readers, timeout) = (self.readers.clone(), self.timeout);
-        let batches = stream::try_unfold(Some(0_i64), move |after| {
-            let readers = readers.clone();
-            async move {
-                let Some(after) = after else { return Ok(None) };
-                let batch = read_on(&readers, timeout, move |conn| select_page(conn, after, STREAM_BATCH)).await?;
-                // A short batch is the end of the table: no need to ask again.
-                let next = batch.last().map(|last| last.id).filter(|_| batch.len() == STREAM_BATCH);
-                Ok::<_, StoreError>((!batch.is_empty()).then_some((batch, next)))
-            }
-        });
-        Box::pin(batches.map_ok(|batch| stream::iter(batch.into_iter().map(Ok))).try_flatten())
     }
 
     pub fn pool_status(&self) -> deadpool_sqlite::Status {
