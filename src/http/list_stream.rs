@@ -105,7 +105,7 @@ async fn produce(
         }
         // A full batch has a last user.
         let Some(after) = last_id else { break };
-        batch = match state.store.page(after, BATCH_USERS).await {
+        batch = match next_batch(&state, after).await {
             Ok(batch) => batch,
             Err(e) => {
                 tracing::warn!(error = %e, "full-list stream failed after the 200; aborting it");
@@ -119,5 +119,22 @@ async fn produce(
     closing.push(b']');
     if send(Ok(Bytes::from(closing))).await {
         finished.store(true, Ordering::Release);
+    }
+}
+
+/// The batch after `after`. A read is safe to repeat, so a connection found dead (one left from
+/// before a database restart) costs a retry on another, not the stream the client has begun.
+async fn next_batch(state: &AppState, after: i64) -> Result<Vec<User>, StoreError> {
+    const ATTEMPTS: usize = 3;
+    let mut attempt = 1;
+    loop {
+        match state.store.page(after, BATCH_USERS).await {
+            Err(StoreError::Unavailable(reason)) if attempt < ATTEMPTS => {
+                tracing::info!(%reason, attempt, "full-list batch failed; retrying");
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            outcome => return outcome,
+        }
     }
 }
