@@ -96,6 +96,8 @@ def exchange(port: int, raw: bytes) -> tuple[int, dict[str, str], bytes]:
     (400, b"GET /users HTTP/1.1\r\nX-Request-Id: {rid}\r\nHost: t\r\nHost: u\r\n\r\n", True),
     (505, b"GET /users HTTP/2.0\r\nHost: t\r\nX-Request-Id: {rid}\r\n\r\n", False),
     (400, b"GET /us ers HTTP/1.1\r\nHost: t\r\nX-Request-Id: {rid}\r\n\r\n", False),
+    # raw bytes above 0x7F in the target: nginx takes them, the API's parser would not
+    (400, b"GET /us\xc3\xa9rs?x=\xf0 HTTP/1.1\r\nHost: t\r\nX-Request-Id: {rid}\r\n\r\n", True),
 ])
 def test_nginx_refusals_are_problem_json_with_the_logged_request_id(proxy, status, raw, client_id_read):
     sent_id = f"refusal-{status}-" + uuid.uuid4().hex
@@ -138,3 +140,4 @@ def test_a_write_cut_off_after_reaching_the_api_is_not_called_retryable(workdir)
     finally:
         ngx.stop()
         hangup.close()
+
