@@ -19,13 +19,21 @@ OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\
 
 @pytest.fixture
 def slow_api(workdir):
-    """nginx with small limits in front of a stand-in API that answers each request after 3 s."""
-    upstream = CannedUpstream(reply=OK, delay=3.0)
+    """nginx with small limits in front of a stand-in API that answers each request 5 s after it arrives."""
+    upstream = CannedUpstream(reply=OK, delay=5.0)
     ngx = start_nginx(workdir, f"127.0.0.1:{upstream.port}", name=f"nginx-limits-{uuid.uuid4().hex[:8]}",
                       CONN_LIMIT="4", LIST_CONN_LIMIT="2")
-    yield ngx
+    yield ngx, upstream
     ngx.stop()
     upstream.close()
+
+
+def arrived(upstream, count: int, timeout: float = 10.0) -> None:
+    """Waits until the stand-in API holds `count` requests (so they are in flight in nginx)."""
+    deadline = time.monotonic() + timeout
+    while len(upstream.requests) < count:
+        assert time.monotonic() < deadline, f"only {len(upstream.requests)} of {count} requests reached the API"
+        time.sleep(0.02)
 
 
 def test_reads_have_their_own_per_client_rate(workdir, api):
@@ -53,53 +61,33 @@ def test_reads_have_their_own_per_client_rate(workdir, api):
         ngx.stop()
 
 
-def in_parallel(calls):
-    with ThreadPoolExecutor(len(calls)) as pool:
-        futures = [pool.submit(fn) for fn in calls]
-        return [f.result() for f in futures]
-
-
 def test_requests_in_flight_are_capped_per_client(slow_api):
-    port = slow_api.port
-
-    def held():
-        return request(port, "GET", "/users?limit=1", source="127.0.0.82")
-
-    def extra():
-        time.sleep(1.0)  # once the four are in flight
-        return request(port, "GET", "/users?limit=1", source="127.0.0.82")
-
-    def other_client():
-        time.sleep(1.0)
-        return request(port, "GET", "/users?limit=1", source="127.0.0.83")
-
-    *first_four, refused, other = in_parallel([held, held, held, held, extra, other_client])
-    assert [r.status for r in first_four] == [200] * 4
+    ngx, upstream = slow_api
+    with ThreadPoolExecutor(6) as pool:
+        held = [pool.submit(request, ngx.port, "GET", "/users?limit=1", source="127.0.0.82") for _ in range(4)]
+        arrived(upstream, 4)
+        refused = request(ngx.port, "GET", "/users?limit=1", source="127.0.0.82")
+        other = pool.submit(request, ngx.port, "GET", "/users?limit=1", source="127.0.0.83")
+        assert [f.result().status for f in held] == [200] * 4
+        assert other.result().status == 200, "another client is not held back"
     doc = assert_problem(refused, 429)
     assert doc["code"] == "concurrency_limited" and refused.header("Retry-After") == "1"
     assert refused.elapsed < 1.5, "refused at once, not queued"
-    assert other.status == 200, "another client is not held back"
     # once they finished, the client gets in again
-    assert request(port, "GET", "/users?limit=1", source="127.0.0.82").status == 200
+    assert request(ngx.port, "GET", "/users?limit=1", source="127.0.0.82").status == 200
 
 
 def test_full_list_downloads_are_capped_per_client_apart_from_pages(slow_api):
-    port = slow_api.port
-
-    def full_list():
-        return request(port, "GET", "/users", source="127.0.0.84")
-
-    def later(path):
-        def call():
-            time.sleep(1.0)
-            return request(port, "GET", path, source="127.0.0.84")
-        return call
-
-    lists = in_parallel([full_list, full_list, later("/users"), later("/users?limit=5"), later("/users?after=3")])
-    first, second, third, page, after = lists
-    assert first.status == second.status == 200
+    ngx, upstream = slow_api
+    with ThreadPoolExecutor(4) as pool:
+        lists = [pool.submit(request, ngx.port, "GET", "/users", source="127.0.0.84") for _ in range(2)]
+        arrived(upstream, 2)
+        third = request(ngx.port, "GET", "/users", source="127.0.0.84")
+        pages = [pool.submit(request, ngx.port, "GET", path, source="127.0.0.84")
+                 for path in ("/users?limit=5", "/users?after=3")]
+        assert [f.result().status for f in lists] == [200, 200]
+        assert [f.result().status for f in pages] == [200, 200], "paged reads are not full lists"
     assert assert_problem(third, 429)["code"] == "concurrency_limited"
-    assert page.status == after.status == 200, "paged reads are not full lists"
 
 
 def established_from(source: str, port: int) -> int:
