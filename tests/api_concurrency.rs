@@ -1,11 +1,11 @@
 //! Uniqueness and completeness under concurrent writes, on both stores.
 
-mod common;
+mod kit;
 
 use std::collections::HashSet;
 
-use common::TestApp;
 use futures_util::future::join_all;
+use kit::app::TestApp;
 
 on_both_stores!(
     fifty_simultaneous_posts_of_one_email_give_one_201_and_49_email_taken,

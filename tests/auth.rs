@@ -1,9 +1,10 @@
 //! Authentication matrix: each endpoint × {no token, bad signature, expired, wrong audience,
 //! missing scope, good token}, on a live instance with HS256, issuer and audience configured.
 
-mod common;
+mod kit;
 
-use common::{Backend, TestApp, expect_problem};
+use kit::app::{Backend, TestApp};
+use kit::http::expect_problem;
 use users_api::auth::{Claims, mint, now};
 
 const SECRET: &str = "test-secret-that-is-at-least-32-bytes-long";

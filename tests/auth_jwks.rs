@@ -1,15 +1,16 @@
 //! Authentication against a JWKS (as with Amazon Cognito): ES256 tokens verified with keys
 //! fetched from a JWKS server on loopback, and the forgeries such a setup must refuse.
 
-mod common;
+mod kit;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use axum::Json;
 use axum::routing::get;
-use common::{Backend, TestApp, expect_problem};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use kit::app::{Backend, TestApp};
+use kit::http::expect_problem;
 use p256::pkcs8::EncodePrivateKey;
 use serde_json::{Value, json};
 use users_api::auth::{Claims, now};

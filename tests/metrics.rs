@@ -1,9 +1,9 @@
 //! Metrics: after a known set of requests the counters say exactly that; /metrics is only on
 //! the private listener. Its own test binary, so no other test's requests are counted.
 
-mod common;
+mod kit;
 
-use common::{Backend, TestApp};
+use kit::app::{Backend, TestApp};
 
 fn sample(exposition: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     exposition.lines().filter(|l| !l.starts_with('#')).find_map(|line| {
@@ -54,7 +54,7 @@ async fn counters_match_the_requests_sent_and_metrics_stay_off_the_public_port()
         ),
         Some(3.0)
     );
-    // Five inserts reached the writer (three stored, one duplicate); the invalid one never did.
+    // Four inserts reached the writer (three stored, one duplicate); the invalid one never did.
     let batches = sample(&text, "db_write_batch_size_sum", &[]).expect("batch size histogram");
     assert_eq!(batches, 4.0, "{text}");
     assert_eq!(

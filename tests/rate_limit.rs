@@ -1,8 +1,9 @@
 //! The service's own per-client rate limit (a second line behind nginx).
 
-mod common;
+mod kit;
 
-use common::{Backend, TestApp, expect_problem};
+use kit::app::{Backend, TestApp};
+use kit::http::expect_problem;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_over_its_rate_gets_429_with_retry_after_and_probes_stay_open() {

@@ -7,13 +7,15 @@
 //! The validators and the JSON extraction have their own property tests in src/domain and
 //! src/http/extract.rs; slow and oversized requests through nginx are tested in tests/proxy.
 
-mod support;
+mod kit;
 
 use std::time::Duration;
 
+use kit::http::{RawReply, raw_exchange};
+use kit::load::report;
+use kit::process::Server;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestRng, TestRunner};
-use support::{RawReply, Server, raw_exchange, report};
 
 /// Cases per property; `RELIABILITY_FUZZ_CASES` overrides.
 const DEFAULT_CASES: u32 = 1500;
@@ -341,8 +343,9 @@ fn judge(case: &Case, reply: Option<&RawReply>) -> Result<(), String> {
 #[test]
 fn arbitrary_requests_never_get_a_5xx_and_every_rejection_is_problem_json() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let _serial = rt.block_on(support::serial());
-    let (_dir, _path, url) = support::sqlite_url();
+    let _serial = rt.block_on(kit::load::serial());
+    let db = kit::sqlite::TempSqlite::new();
+    let url = db.url.clone();
     let server = Server::start(&url, &[("LOG_LEVEL", "error,users_api::server=info")]);
     let addr = server.addr;
     let statuses = std::cell::RefCell::new(std::collections::BTreeMap::<u16, usize>::new());
@@ -400,8 +403,9 @@ fn garbage() -> impl Strategy<Value = Vec<u8>> {
 #[test]
 fn bytes_that_are_not_http_never_get_a_5xx_and_the_service_keeps_answering() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let _serial = rt.block_on(support::serial());
-    let (_dir, _path, url) = support::sqlite_url();
+    let _serial = rt.block_on(kit::load::serial());
+    let db = kit::sqlite::TempSqlite::new();
+    let url = db.url.clone();
     let server = Server::start(&url, &[("LOG_LEVEL", "error,users_api::server=info")]);
     let addr = server.addr;
     let answered = std::cell::RefCell::new(std::collections::BTreeMap::<u16, usize>::new());
@@ -447,8 +451,9 @@ fn bytes_that_are_not_http_never_get_a_5xx_and_the_service_keeps_answering() {
 #[test]
 fn a_path_that_is_not_utf8_under_docs_is_refused_with_problem_json() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let _serial = rt.block_on(support::serial());
-    let (_dir, _path, url) = support::sqlite_url();
+    let _serial = rt.block_on(kit::load::serial());
+    let db = kit::sqlite::TempSqlite::new();
+    let url = db.url.clone();
     let server = Server::start(&url, &[]);
     for target in ["/docs/%80", "/docs/%C3%28", "/users/%FF"] {
         let request = format!("GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");

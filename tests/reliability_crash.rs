@@ -2,14 +2,17 @@
 //! again. Every write answered 201 must be there afterwards, under the id it was given; no email
 //! is stored twice; the database opens cleanly.
 
-mod support;
+mod kit;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use support::{PgSchema, Server, client, list_users, report, user_body};
+use kit::http::{client, list_users, user_body};
+use kit::load::report;
+use kit::pg::PgSchema;
+use kit::process::Server;
 
 const CYCLES: usize = 8;
 const WORKERS: usize = 16;
@@ -47,7 +50,7 @@ async fn post(client: &reqwest::Client, server: &Server, email: &str) -> Result<
 /// Runs the kill/restart cycles against `database_url` and returns the ledger plus the final
 /// list of users as the API reports it after one more restart.
 async fn kill_restart_cycles(database_url: &str, store: Store) -> (Ledger, Vec<serde_json::Value>) {
-    let tag = support::random_tag();
+    let tag = kit::random_tag();
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     let env = [("DATABASE_MAX_CONNECTIONS", "8")];
 
@@ -176,7 +179,7 @@ async fn kill_restart_cycles(database_url: &str, store: Store) -> (Ledger, Vec<s
             _ => l.unexpected.push(format!("final retry of {email}: {status} {body}")),
         }
     }
-    let users = list_users(&http, &server).await;
+    let users = list_users(&http, &server.url("/users")).await;
     // The database is checked after a crash, not after a clean close.
     server.kill9();
     let ledger = Arc::try_unwrap(ledger).ok().expect("workers done").into_inner().unwrap();
@@ -232,13 +235,14 @@ fn summary(store: Store, ledger: &Ledger, users: usize, lost: usize, elapsed: Du
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_keeps_every_acknowledged_write_through_repeated_sigkill() {
-    let _serial = support::serial().await;
+    let _serial = kit::load::serial().await;
     let started = Instant::now();
-    let (_dir, path, url) = support::sqlite_url();
+    let db = kit::sqlite::TempSqlite::new();
+    let (path, url) = (db.path.clone(), db.url.clone());
     let (ledger, users) = kill_restart_cycles(&url, Store::Sqlite).await;
     let lost = check(Store::Sqlite, &ledger, &users);
 
-    let db = support::check_sqlite(&path);
+    let db = kit::sqlite::check_sqlite(&path);
     assert_eq!(db.integrity, "ok", "PRAGMA integrity_check after the last SIGKILL");
     assert_eq!(db.journal_mode, "wal", "the file is in WAL mode");
     assert_eq!(db.duplicate_email_keys, 0, "duplicate email keys in the file");
@@ -255,7 +259,7 @@ async fn sqlite_keeps_every_acknowledged_write_through_repeated_sigkill() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_keeps_every_acknowledged_write_through_repeated_sigkill() {
-    let _serial = support::serial().await;
+    let _serial = kit::load::serial().await;
     let started = Instant::now();
     let schema = PgSchema::create().await;
     let (ledger, users) = kill_restart_cycles(&schema.database_url(), Store::Postgres).await;

@@ -3,14 +3,17 @@
 //! fault the API answers 503 problem+json with Retry-After within a bounded time, /ready fails,
 //! /health stays 200; afterwards it recovers by itself, without a restart; no other 5xx.
 
-mod support;
+mod kit;
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
-use support::{MIXED, PROBES, PgCluster, PgSchema, Sample, Server, client, collect, list_users, report, spawn_load};
+use kit::http::{client, list_users};
+use kit::load::{MIXED, PROBES, Sample, collect, report, spawn_load};
+use kit::pg::{PgCluster, PgSchema};
+use kit::process::Server;
 
 /// DATABASE_TIMEOUT_SECS given to the API in these tests.
 const DB_TIMEOUT_SECS: u64 = 2;
@@ -38,7 +41,9 @@ fn defects(samples: &[Sample], down: &[u8], healthy: &[u8]) -> Vec<String> {
     for s in samples {
         let reply = match &s.outcome {
             Ok(reply) => reply,
-            Err(e) if s.kind == "list" && e.starts_with(support::BODY_ERROR) && !healthy.contains(&s.phase) => continue,
+            Err(e) if s.kind == "list" && e.starts_with(kit::load::BODY_ERROR) && !healthy.contains(&s.phase) => {
+                continue;
+            }
             Err(e) => {
                 out.push(format!("phase {} {}: no answer: {e}", s.phase, s.kind));
                 continue;
@@ -81,7 +86,7 @@ fn defects(samples: &[Sample], down: &[u8], healthy: &[u8]) -> Vec<String> {
 
 /// Streamed lists cut off by a fault after the 200 went out.
 fn aborted_streams(samples: &[Sample]) -> usize {
-    samples.iter().filter(|s| s.outcome.as_ref().is_err_and(|e| e.starts_with(support::BODY_ERROR))).count()
+    samples.iter().filter(|s| s.outcome.as_ref().is_err_and(|e| e.starts_with(kit::load::BODY_ERROR))).count()
 }
 
 fn latency_figures(samples: &[Sample], phases: &[u8], status: u16) -> (usize, f64, f64, f64) {
@@ -93,15 +98,15 @@ fn latency_figures(samples: &[Sample], phases: &[u8], status: u16) -> (usize, f6
     let n = latencies.len();
     (
         n,
-        support::percentile_ms(&mut latencies, 50.0),
-        support::percentile_ms(&mut latencies, 99.0),
-        support::percentile_ms(&mut latencies, 100.0),
+        kit::load::percentile_ms(&mut latencies, 50.0),
+        kit::load::percentile_ms(&mut latencies, 99.0),
+        kit::load::percentile_ms(&mut latencies, 100.0),
     )
 }
 
 /// Every create answered 201 is listed afterwards.
 async fn assert_acknowledged_writes_present(samples: &[Sample], server: &Server) -> usize {
-    let users = list_users(&client(), server).await;
+    let users = list_users(&client(), &server.url("/users")).await;
     let stored: HashSet<&str> = users.iter().filter_map(|u| u["email"].as_str()).collect();
     let acked: Vec<&str> =
         samples.iter().filter(|s| s.status() == Some(201)).filter_map(|s| s.email.as_deref()).collect();
@@ -118,7 +123,7 @@ async fn time_to_recover(server: &Server, tag: &str) -> Duration {
     loop {
         n += 1;
         let email = format!("{tag}.probe{n}@recovery.test");
-        if let Ok(reply) = support::send(&http, &format!("http://{}", server.addr), "create", &email, 1).await
+        if let Ok(reply) = kit::load::send(&http, &format!("http://{}", server.addr), "create", &email, 1).await
             && reply.status == 201
         {
             return started.elapsed();
@@ -140,7 +145,7 @@ async fn postgres_connections_terminated_under_load_are_replaced_without_restart
     const AFTER: u8 = 3;
     const ROUNDS: usize = 15;
 
-    let _serial = support::serial().await;
+    let _serial = kit::load::serial().await;
     let schema = PgSchema::create().await;
     let server = Server::start(&schema.database_url(), &server_env());
     let LoadUnderFault { tag, phase, stop, load } = start_load(&server);
@@ -204,9 +209,9 @@ async fn postgres_outage_is_answered_503_quickly_and_recovers_by_itself() {
     const HEALTHY_AT_END: u8 = 8;
     const OUTAGE: Duration = Duration::from_secs(5);
 
-    let _serial = support::serial().await;
+    let _serial = kit::load::serial().await;
     let cluster = tokio::task::spawn_blocking(PgCluster::init).await.expect("initdb");
-    let app = format!("users-api-rel-{}", support::random_tag());
+    let app = format!("users-api-rel-{}", kit::random_tag());
     let server = Server::start(&cluster.database_url(&app), &server_env());
     let LoadUnderFault { tag, phase, stop, load } = start_load(&server);
     let cluster = Arc::new(cluster);
@@ -284,12 +289,12 @@ struct LoadUnderFault {
     tag: String,
     phase: Arc<AtomicU8>,
     stop: Arc<AtomicBool>,
-    load: Vec<tokio::task::JoinHandle<Vec<support::Sample>>>,
+    load: Vec<tokio::task::JoinHandle<Vec<kit::load::Sample>>>,
 }
 
 /// Starts in phase 0, which every fault test calls HEALTHY.
 fn start_load(server: &Server) -> LoadUnderFault {
-    let tag = support::random_tag();
+    let tag = kit::random_tag();
     let phase = Arc::new(AtomicU8::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let base = format!("http://{}", server.addr);

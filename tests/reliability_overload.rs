@@ -1,13 +1,14 @@
 //! Overload: far beyond capacity the service sheds load with fast 503s (and 429s where a rate
 //! limit is on) instead of queueing without bound; latency stays bounded; memory stays bounded.
 
-mod support;
+mod kit;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
-use support::{Sample, Server, percentile_ms, report, spawn_load};
+use kit::load::{Sample, percentile_ms, report, spawn_load};
+use kit::process::Server;
 
 /// Concurrent clients, each with its own connection, against MAX_IN_FLIGHT.
 const CLIENTS: usize = 400;
@@ -36,7 +37,7 @@ fn many_connections_client(headers: &[(&'static str, &str)]) -> reqwest::Client 
 /// Fills the table, below MAX_IN_FLIGHT and from many addresses (below any rate limit).
 async fn preload(server: &Server) {
     const WORKERS: usize = 6;
-    let client = support::client();
+    let client = kit::http::client();
     let base = server.url("");
     let tasks: Vec<_> = (0..WORKERS)
         .map(|w| {
@@ -46,7 +47,7 @@ async fn preload(server: &Server) {
                     let reply = client
                         .post(format!("{base}/users"))
                         .header("x-forwarded-for", format!("198.51.100.{}", n % 250))
-                        .json(&support::user_body("Preloaded User", &format!("preload{n}@overload.test")))
+                        .json(&kit::http::user_body("Preloaded User", &format!("preload{n}@overload.test")))
                         .send()
                         .await
                         .expect("preload");
@@ -167,14 +168,14 @@ async fn overload(server: &Server, clients: Vec<(reqwest::Client, usize)>) -> (V
             HEAVY,
             Duration::ZERO,
             workers,
-            support::random_tag(),
+            kit::random_tag(),
             phase.clone(),
             stop.clone(),
         ));
     }
     tokio::time::sleep(LOAD_FOR).await;
     stop.store(true, Ordering::Relaxed);
-    let samples = support::collect(load).await;
+    let samples = kit::load::collect(load).await;
     stop_rss.store(true, Ordering::Relaxed);
     (samples, rss.await.unwrap())
 }
@@ -188,7 +189,7 @@ fn assert_bounded(f: &Figures) {
 
 /// After the storm: the service answers at once, as if nothing happened.
 async fn assert_answers_promptly(server: &Server) -> Duration {
-    let client = support::client();
+    let client = kit::http::client();
     let started = Instant::now();
     for i in 0..20 {
         // A fresh client address each time: below any rate limit.
@@ -207,8 +208,9 @@ async fn assert_answers_promptly(server: &Server) -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn far_beyond_capacity_the_service_sheds_with_fast_503s_and_bounded_memory() {
-    let _serial = support::serial().await;
-    let (_dir, _path, url) = support::sqlite_url();
+    let _serial = kit::load::serial().await;
+    let db = kit::sqlite::TempSqlite::new();
+    let url = db.url.clone();
     let server = Server::start(&url, &[("MAX_IN_FLIGHT", MAX_IN_FLIGHT), ("REQUEST_TIMEOUT_SECS", "10")]);
     preload(&server).await;
     let rss_before = server.vm_rss_kib();
@@ -254,8 +256,9 @@ async fn far_beyond_capacity_the_service_sheds_with_fast_503s_and_bounded_memory
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_a_rate_limit_abusive_clients_get_429_and_the_rest_503_never_a_queue() {
-    let _serial = support::serial().await;
-    let (_dir, _path, url) = support::sqlite_url();
+    let _serial = kit::load::serial().await;
+    let db = kit::sqlite::TempSqlite::new();
+    let url = db.url.clone();
     let server = Server::start(
         &url,
         &[
@@ -304,8 +307,9 @@ async fn a_flood_of_unfinished_requests_costs_bounded_memory_per_connection() {
     const PER_CONNECTION_KIB: u64 = 160;
     use tokio::io::AsyncWriteExt;
 
-    let _serial = support::serial().await;
-    let (_dir, _path, url) = support::sqlite_url();
+    let _serial = kit::load::serial().await;
+    let db = kit::sqlite::TempSqlite::new();
+    let url = db.url.clone();
     let server = Server::start(&url, &[("MAX_IN_FLIGHT", MAX_IN_FLIGHT)]);
     let rss_before = server.vm_rss_kib();
     let mut held = Vec::with_capacity(CONNECTIONS);
@@ -318,7 +322,7 @@ async fn a_flood_of_unfinished_requests_costs_bounded_memory_per_connection() {
     }
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let started = Instant::now();
-    let health = support::client().get(server.url("/health")).send().await.expect("health during the flood");
+    let health = kit::http::client().get(server.url("/health")).send().await.expect("health during the flood");
     let health_latency = started.elapsed();
     assert_eq!(health.status(), 200);
     assert!(health_latency < Duration::from_millis(500), "/health took {health_latency:?} during the flood");

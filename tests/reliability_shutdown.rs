@@ -2,14 +2,16 @@
 //! successfully, new connections are refused, idle keep-alive connections are closed, and the
 //! process exits within SHUTDOWN_GRACE_SECS — also when a request never finishes.
 
-mod support;
+mod kit;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use kit::http::{fresh_connection_client, user_body};
+use kit::load::report;
+use kit::process::Server;
 use nix::sys::signal::Signal;
-use support::{Server, fresh_connection_client, report, user_body};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -42,14 +44,14 @@ impl SlowRequest {
     }
 
     /// Sends the rest of the body and reads the whole answer.
-    async fn finish(mut self) -> Result<support::RawReply, String> {
+    async fn finish(mut self) -> Result<kit::http::RawReply, String> {
         self.stream.write_all(&self.rest).await.map_err(|e| format!("sending the rest: {e}"))?;
         let mut buf = Vec::new();
         tokio::time::timeout(Duration::from_secs(20), self.stream.read_to_end(&mut buf))
             .await
             .map_err(|_| "no answer within 20 s".to_owned())?
             .map_err(|e| format!("reading: {e}"))?;
-        support::RawReply::parse(&buf).ok_or_else(|| format!("no HTTP answer: {:?}", String::from_utf8_lossy(&buf)))
+        kit::http::RawReply::parse(&buf).ok_or_else(|| format!("no HTTP answer: {:?}", String::from_utf8_lossy(&buf)))
     }
 }
 
@@ -64,11 +66,12 @@ struct Background {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_every_accepted_request_finish_then_exits_within_the_grace_period() {
     const GRACE_SECS: u64 = 8;
-    let _serial = support::serial().await;
-    let (_dir, path, url) = support::sqlite_url();
+    let _serial = kit::load::serial().await;
+    let db = kit::sqlite::TempSqlite::new();
+    let (path, url) = (db.path.clone(), db.url.clone());
     let mut server =
         Server::start(&url, &[("SHUTDOWN_GRACE_SECS", "8"), ("REQUEST_TIMEOUT_SECS", "30"), ("MAX_IN_FLIGHT", "1024")]);
-    let tag = support::random_tag();
+    let tag = kit::random_tag();
 
     // An idle keep-alive connection: it must not hold the process up.
     let mut idle = TcpStream::connect(server.addr).await.unwrap();
@@ -173,7 +176,7 @@ async fn sigterm_lets_every_accepted_request_finish_then_exits_within_the_grace_
     assert!(totals.other_status.is_empty(), "background requests answered non-201: {:?}", totals.other_status);
 
     // What was acknowledged is stored.
-    let db = support::check_sqlite(&path);
+    let db = kit::sqlite::check_sqlite(&path);
     assert_eq!(db.integrity, "ok");
     let conn = deadpool_sqlite::rusqlite::Connection::open(&path).unwrap();
     for email in slow_ok.iter().chain(&totals.created) {
@@ -200,8 +203,9 @@ async fn sigterm_lets_every_accepted_request_finish_then_exits_within_the_grace_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_exits_when_the_grace_period_ends_even_if_a_request_never_finishes() {
     const GRACE_SECS: u64 = 2;
-    let _serial = support::serial().await;
-    let (_dir, _path, url) = support::sqlite_url();
+    let _serial = kit::load::serial().await;
+    let db = kit::sqlite::TempSqlite::new();
+    let url = db.url.clone();
     let mut server = Server::start(&url, &[("SHUTDOWN_GRACE_SECS", "2"), ("REQUEST_TIMEOUT_SECS", "60")]);
     let stuck = SlowRequest::begin(&server, "never.finishes@drain.test").await;
     tokio::time::sleep(Duration::from_millis(300)).await;

@@ -2,13 +2,17 @@
 //! no pooled connection, so every other request is still served at once; full-list streams
 //! have a cap of their own, and a stream whose client stops reading is ended.
 
-mod support;
+mod kit;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use support::{PgSchema, Server, client, report, sqlite_url, user_body};
+use kit::http::{client, user_body};
+use kit::load::report;
+use kit::pg::PgSchema;
+use kit::process::Server;
+use kit::sqlite::TempSqlite;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -89,7 +93,7 @@ impl SlowReader {
 /// the slowest answer of each kind and panics on any non-2xx.
 async fn probe_everything(server: &Server, duration: Duration) -> Vec<(&'static str, Duration, usize)> {
     let http = client();
-    let tag = support::random_tag();
+    let tag = kit::random_tag();
     let mut slowest = vec![
         ("get", Duration::ZERO, 0),
         ("page", Duration::ZERO, 0),
@@ -169,8 +173,9 @@ fn pool_of_four() -> Vec<(&'static str, &'static str)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_slow_full_list_readers_do_not_starve_other_requests() {
-    let _serial = support::serial().await;
-    let (_dir, path, url) = sqlite_url();
+    let _serial = kit::load::serial().await;
+    let db = TempSqlite::new();
+    let (path, url) = (db.path.clone(), db.url.clone());
     let server = Server::start(&url, &pool_of_four());
     seed_sqlite(&path);
     slow_readers_starve_nothing(&server, "sqlite").await;
@@ -178,7 +183,7 @@ async fn sqlite_slow_full_list_readers_do_not_starve_other_requests() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_slow_full_list_readers_do_not_starve_other_requests() {
-    let _serial = support::serial().await;
+    let _serial = kit::load::serial().await;
     let schema = PgSchema::create().await;
     let server = Server::start(&schema.database_url(), &pool_of_four());
     seed_postgres(&schema).await;
@@ -242,8 +247,9 @@ fn capped_env() -> Vec<(&'static str, &'static str)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_stalled_full_list_streams_are_capped_then_ended() {
-    let _serial = support::serial().await;
-    let (_dir, path, url) = sqlite_url();
+    let _serial = kit::load::serial().await;
+    let db = TempSqlite::new();
+    let (path, url) = (db.path.clone(), db.url.clone());
     let server = Server::start(&url, &capped_env());
     seed_sqlite(&path);
     stalled_streams_are_capped_then_ended(&server, "sqlite").await;
@@ -251,7 +257,7 @@ async fn sqlite_stalled_full_list_streams_are_capped_then_ended() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_stalled_full_list_streams_are_capped_then_ended() {
-    let _serial = support::serial().await;
+    let _serial = kit::load::serial().await;
     let schema = PgSchema::create().await;
     let server = Server::start(&schema.database_url(), &capped_env());
     seed_postgres(&schema).await;

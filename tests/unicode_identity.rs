@@ -2,10 +2,12 @@
 //! spelled, no invisible or degenerate names, and the migration that rekeys rows stored under
 //! the old (lowercase-only) rule, run by the real binary.
 
-mod common;
-mod support;
+mod kit;
 
-use common::{TestApp, expect_problem};
+use kit::app::TestApp;
+use kit::http::{client, expect_problem, list_users, user_body};
+use kit::pg::PgSchema;
+use kit::process::{BIN, Server};
 use serde_json::json;
 
 on_both_stores!(
@@ -104,7 +106,8 @@ const NEW_KEYS: &[(i64, &str)] = &[
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_migration_rekeys_old_rows_and_keeps_lookalike_rows_apart() {
     use deadpool_sqlite::rusqlite::{Connection, params};
-    let (_dir, path, url) = support::sqlite_url();
+    let db = kit::sqlite::TempSqlite::new();
+    let (path, url) = (db.path.clone(), db.url.clone());
     {
         let conn = Connection::open(&path).unwrap();
         conn.execute_batch(
@@ -136,7 +139,7 @@ async fn sqlite_migration_rekeys_old_rows_and_keeps_lookalike_rows_apart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_migration_rekeys_old_rows_and_keeps_lookalike_rows_apart() {
-    let schema = support::PgSchema::create().await;
+    let schema = PgSchema::create().await;
     let admin = schema.admin();
     admin
         .batch_execute(&format!(
@@ -174,7 +177,7 @@ async fn postgres_migration_rekeys_old_rows_and_keeps_lookalike_rows_apart() {
 
 /// `users-api migrate`, the step an operator (or the ECS task before serving) runs.
 fn run_migrate(database_url: &str) {
-    let output = std::process::Command::new(support::BIN)
+    let output = std::process::Command::new(BIN)
         .arg("migrate")
         .env("DATABASE_URL", database_url)
         .env("LOG_LEVEL", "info")
@@ -190,9 +193,9 @@ fn assert_keys(keys: &[(i64, String)]) {
 
 /// The migrated rows are all served unchanged, and their identities are taken.
 async fn serve_and_check_identities(database_url: &str) {
-    let server = support::Server::start(database_url, &[]);
-    let client = support::client();
-    let users = support::list_users(&client, &server).await;
+    let server = Server::start(database_url, &[]);
+    let client = client();
+    let users = list_users(&client, &server.url("/users")).await;
     let listed: Vec<(i64, &str, &str)> = users
         .iter()
         .map(|u| (u["id"].as_i64().unwrap(), u["name"].as_str().unwrap(), u["email"].as_str().unwrap()))
@@ -200,16 +203,11 @@ async fn serve_and_check_identities(database_url: &str) {
     assert_eq!(listed, OLD_ROWS, "the migration changes no stored name or email");
     for lookalike in ["ADA@ＥＸＡＭＰＬＥ.com", "\u{212A}AY@BÜCHER.de", "kay@xn--bcher-kva.de", "ſam@example.org"]
     {
-        let response =
-            client.post(server.url("/user")).json(&support::user_body("New Person", lookalike)).send().await.unwrap();
+        let response = client.post(server.url("/user")).json(&user_body("New Person", lookalike)).send().await.unwrap();
         expect_problem(response, 400, "email_taken").await;
     }
-    let response = client
-        .post(server.url("/user"))
-        .json(&support::user_body("New Person", "new@example.org"))
-        .send()
-        .await
-        .unwrap();
+    let response =
+        client.post(server.url("/user")).json(&user_body("New Person", "new@example.org")).send().await.unwrap();
     assert_eq!(response.status(), 201);
-    assert_eq!(support::list_users(&client, &server).await.len(), OLD_ROWS.len() + 1);
+    assert_eq!(list_users(&client, &server.url("/users")).await.len(), OLD_ROWS.len() + 1);
 }
