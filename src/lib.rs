@@ -14,5 +14,5 @@ pub mod http;
 pub mod server;
 /// Storage back ends: SQLite (group-committing writer) and PostgreSQL.
 pub mod store;
-/// Logging and metrics.
+/// Logs, metrics and traces.
 pub mod telemetry;

@@ -14,7 +14,19 @@ const MAX_BLOCKING_THREADS: usize = 16;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let _log_writer = telemetry::init_logging(&cli.logging);
+    // Before the runtime: the exporter's blocking HTTP client must not be built or dropped in it.
+    // Traces are for serving; a misconfigured exporter is reported and the service runs without.
+    let serving = matches!(cli.command, None | Some(Command::Serve(_)));
+    let traces = (serving && telemetry::traces_requested()).then(telemetry::TraceExport::from_env);
+    let (traces, traces_error) = match traces {
+        Some(Ok(traces)) => (Some(traces), None),
+        Some(Err(e)) => (None, Some(e)),
+        None => (None, None),
+    };
+    let _log_writer = telemetry::init_logging(&cli.logging, traces.as_ref());
+    if let Some(e) = traces_error {
+        tracing::error!(error = format!("{e:#}"), "traces are off: the OTLP exporter cannot be configured");
+    }
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().max_blocking_threads(MAX_BLOCKING_THREADS).build();
     match runtime {

@@ -1,5 +1,5 @@
 //! The layer every request passes: request id, load shedding, timeout, problem+json for
-//! framework errors, one log line and metrics.
+//! framework errors, one log line, metrics and the request's span (when traces are on).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -9,10 +9,12 @@ use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tokio::sync::Semaphore;
+use tracing::Instrument;
+use tracing::field::Empty;
 
 use super::error::{ApiError, PROBLEM_JSON};
 use super::request_id::{self, X_REQUEST_ID};
-use crate::telemetry::HttpMetrics;
+use crate::telemetry::{self, HttpMetrics, SPAN_TARGET};
 
 pub struct Limits {
     pub in_flight: Semaphore,
@@ -26,6 +28,19 @@ pub async fn observe(State(limits): State<Arc<Limits>>, request: Request, next: 
     let method = request.method().clone();
     let route =
         request.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    // Disabled at the call site when traces are off: the fields are then never evaluated.
+    let span = tracing::info_span!(
+        target: SPAN_TARGET,
+        "request",
+        otel.name = %format_args!("{method} {route}"),
+        otel.kind = "server",
+        otel.status_code = Empty,
+        http.request.method = method.as_str(),
+        http.route = route.as_str(),
+        http.response.status_code = Empty,
+        request_id = id.as_str(),
+    );
+    telemetry::continue_trace(&span, request.headers());
 
     let mut response = request_id::scope(id.clone(), async {
         // Back-pressure: beyond capacity answer at once rather than queue without bound.
@@ -41,12 +56,17 @@ pub async fn observe(State(limits): State<Arc<Limits>>, request: Request, next: 
         };
         as_problem(response)
     })
+    .instrument(span.clone())
     .await;
 
     response.headers_mut().insert(&X_REQUEST_ID, request_id::header_value(&id));
     let status = response.status().as_u16();
     let latency = started.elapsed();
     limits.metrics.record(&method, &route, status, latency);
+    span.record("http.response.status_code", i64::from(status)); // i64: the OTel layer keeps it a number
+    if status >= 500 {
+        span.record("otel.status_code", "ERROR");
+    }
     tracing::info!(
         target: "users_api::access",
         request_id = id.as_str(),
@@ -54,6 +74,7 @@ pub async fn observe(State(limits): State<Arc<Limits>>, request: Request, next: 
         route = route.as_str(),
         status,
         latency_ms = latency.as_secs_f64() * 1000.0,
+        trace_id = telemetry::trace_id(&span).map(tracing::field::display),
         "request"
     );
     response

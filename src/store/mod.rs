@@ -154,6 +154,45 @@ impl Store {
     }
 }
 
+/// The span of waiting for a pooled connection (disabled, and free, when traces are off).
+pub(crate) fn pool_wait_span(system: &'static str) -> tracing::Span {
+    tracing::info_span!(target: crate::telemetry::SPAN_TARGET, "pool wait", db.system.name = system)
+}
+
+/// The span of one statement; `operation` names it ("SELECT users").
+pub(crate) fn statement_span(system: &'static str, operation: &'static str) -> tracing::Span {
+    tracing::info_span!(
+        target: crate::telemetry::SPAN_TARGET,
+        "statement",
+        otel.name = operation,
+        otel.kind = "client",
+        db.system.name = system,
+        db.query.summary = operation,
+    )
+}
+
+/// The span of a request's insert, from queueing to the writer's answer.
+pub(crate) fn write_wait_span() -> tracing::Span {
+    tracing::info_span!(target: crate::telemetry::SPAN_TARGET, "write wait")
+}
+
+/// The span of one write batch: a child of the first request's `write wait`, linked to the others'.
+pub(crate) fn write_batch_span<'a>(
+    system: &'static str,
+    mut requests: impl Iterator<Item = &'a tracing::Span>,
+) -> tracing::Span {
+    let Some(first) = requests.next() else { return tracing::Span::none() };
+    let span = tracing::info_span!(
+        target: crate::telemetry::SPAN_TARGET,
+        parent: first,
+        "write batch",
+        db.system.name = system,
+        db.operation.batch.size = tracing::field::Empty,
+    );
+    crate::telemetry::link_to(&span, requests);
+    span
+}
+
 /// A URL safe to print: the password, if any, replaced.
 pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {

@@ -7,10 +7,11 @@ use anyhow::Context;
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime};
 use tokio_postgres::Row;
 use tokio_postgres::error::SqlState;
+use tracing::Instrument;
 
 use super::postgres_writer::InsertBatcher;
 use super::rekey::{self, Migration, StoredEmail};
-use super::{StoreError, StoreOptions, format_timestamp};
+use super::{StoreError, StoreOptions, format_timestamp, pool_wait_span, statement_span};
 use crate::domain::{NewUser, User};
 
 const MIGRATIONS: &[(i64, Migration)] =
@@ -18,6 +19,7 @@ const MIGRATIONS: &[(i64, Migration)] =
 /// Serialises migrations of instances starting together (an arbitrary, fixed key).
 const MIGRATION_LOCK_KEY: i64 = 0x7573_6572_735f_6170;
 
+pub(super) const SYSTEM: &str = "postgresql";
 const SELECT_USER: &str = "SELECT id, name, email, created_at FROM users";
 
 pub struct PostgresStore {
@@ -85,7 +87,7 @@ impl PostgresStore {
 
     pub async fn get(&self, id: i64) -> Result<Option<User>, StoreError> {
         let row = self
-            .with_client(async |client| {
+            .with_client("SELECT users", async |client| {
                 let stmt = client.prepare_cached(&format!("{SELECT_USER} WHERE id = $1")).await?;
                 client.query_opt(&stmt, &[&id]).await
             })
@@ -95,7 +97,7 @@ impl PostgresStore {
 
     pub async fn page(&self, after: i64, limit: u32) -> Result<Vec<User>, StoreError> {
         let rows = self
-            .with_client(async |client| {
+            .with_client("SELECT users", async |client| {
                 let stmt = client.prepare_cached(&format!("{SELECT_USER} WHERE id > $1 ORDER BY id LIMIT $2")).await?;
                 client.query(&stmt, &[&after, &i64::from(limit)]).await
             })
@@ -108,7 +110,7 @@ impl PostgresStore {
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
-        self.with_client(async |client| client.simple_query("SELECT 1").await.map(|_| ())).await
+        self.with_client("SELECT 1", async |client| client.simple_query("SELECT 1").await.map(|_| ())).await
     }
 
     pub fn close(&self) {
@@ -116,14 +118,16 @@ impl PostgresStore {
     }
 
     /// Gets a pooled connection and runs `query` on it, both within one time bound (the
-    /// configured timeout, not one per step); past it the caller gets 503.
+    /// configured timeout, not one per step); past it the caller gets 503. `operation` names
+    /// the statement's span.
     async fn with_client<T>(
         &self,
+        operation: &'static str,
         query: impl AsyncFnOnce(&Object) -> Result<T, tokio_postgres::Error>,
     ) -> Result<T, StoreError> {
         tokio::time::timeout(self.timeout, async {
-            let client = self.pool.get().await.map_err(pool_error)?;
-            query(&client).await.map_err(map_error)
+            let client = self.pool.get().instrument(pool_wait_span(SYSTEM)).await.map_err(pool_error)?;
+            query(&client).instrument(statement_span(SYSTEM, operation)).await.map_err(map_error)
         })
         .await
         .map_err(|_| StoreError::Unavailable("timed out waiting for the database".into()))?

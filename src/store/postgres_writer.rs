@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use deadpool_postgres::Pool;
 use tokio::sync::{Semaphore, mpsc, oneshot};
+use tracing::Instrument;
 
-use super::postgres::{map_error, pool_error};
-use super::{StoreError, format_timestamp};
+use super::postgres::{SYSTEM, map_error, pool_error};
+use super::{StoreError, format_timestamp, pool_wait_span, statement_span, write_batch_span, write_wait_span};
 use crate::domain::{NewUser, User};
 
 const QUEUE_CAPACITY: usize = 4096;
@@ -24,7 +25,8 @@ const INSERT_BATCH: &str = "INSERT INTO users (name, email, email_key) \
      ON CONFLICT (email_key) DO NOTHING \
      RETURNING id, email_key, created_at";
 
-type Job = (NewUser, oneshot::Sender<Result<User, StoreError>>);
+/// A user to insert, where to answer, and the request's `write wait` span (the batch's parent or link).
+type Job = (NewUser, oneshot::Sender<Result<User, StoreError>>, tracing::Span);
 
 pub struct InsertBatcher {
     queue: mpsc::Sender<Job>,
@@ -41,13 +43,14 @@ impl InsertBatcher {
 
     pub async fn insert(&self, user: NewUser) -> Result<User, StoreError> {
         let (reply, outcome) = oneshot::channel();
-        self.queue.try_send((user, reply)).map_err(|e| match e {
+        let wait = write_wait_span();
+        self.queue.try_send((user, reply, wait.clone())).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => StoreError::Overloaded,
             mpsc::error::TrySendError::Closed(_) => StoreError::Unavailable("insert batcher stopped".into()),
         })?;
         // One bound for the whole wait (queue, connection, statement): past it, 503. A request
         // given up on here is dropped from any batch not yet sent (see `take_batch`).
-        match tokio::time::timeout(self.timeout, outcome).await {
+        match tokio::time::timeout(self.timeout, outcome).instrument(wait).await {
             Ok(reply) => reply.map_err(|_| StoreError::Unavailable("insert batcher stopped".into()))?,
             Err(_) => Err(StoreError::Unavailable("insert timed out".into())),
         }
@@ -64,10 +67,15 @@ async fn collect(pool: Pool, timeout: Duration, concurrency: usize, mut jobs: mp
             continue;
         }
         let pool = pool.clone();
-        tokio::spawn(async move {
-            insert_batch(&pool, timeout, batch).await;
-            drop(slot);
-        });
+        let span = write_batch_span(SYSTEM, batch.iter().map(|(_, _, wait)| wait));
+        span.record("db.operation.batch.size", batch.len() as i64);
+        tokio::spawn(
+            async move {
+                insert_batch(&pool, timeout, batch).await;
+                drop(slot);
+            }
+            .instrument(span),
+        );
     }
 }
 
@@ -80,30 +88,36 @@ fn take_batch(first: Job, jobs: &mut mpsc::Receiver<Job>) -> Vec<Job> {
             Err(_) => break,
         }
     }
-    batch.retain(|(_, reply)| !reply.is_closed());
+    batch.retain(|(_, reply, _)| !reply.is_closed());
     batch
 }
 
 async fn insert_batch(pool: &Pool, timeout: Duration, batch: Vec<Job>) {
-    crate::telemetry::record_write_batch(batch.len());
-    let keys: Vec<String> = batch.iter().map(|(user, _)| user.email.key()).collect();
-    let names: Vec<&str> = batch.iter().map(|(user, _)| user.name.as_str()).collect();
-    let emails: Vec<&str> = batch.iter().map(|(user, _)| user.email.as_str()).collect();
+    let started = std::time::Instant::now();
+    let keys: Vec<String> = batch.iter().map(|(user, _, _)| user.email.key()).collect();
+    let names: Vec<&str> = batch.iter().map(|(user, _, _)| user.name.as_str()).collect();
+    let emails: Vec<&str> = batch.iter().map(|(user, _, _)| user.email.as_str()).collect();
 
     let outcome = tokio::time::timeout(timeout, async {
-        let client = pool.get().await.map_err(pool_error)?;
-        let statement = client.prepare_cached(INSERT_BATCH).await.map_err(map_error)?;
-        client.query(&statement, &[&names, &emails, &keys]).await.map_err(map_error)
+        let client = pool.get().instrument(pool_wait_span(SYSTEM)).await.map_err(pool_error)?;
+        async {
+            let statement = client.prepare_cached(INSERT_BATCH).await?;
+            client.query(&statement, &[&names, &emails, &keys]).await
+        }
+        .instrument(statement_span(SYSTEM, "INSERT users"))
+        .await
+        .map_err(map_error)
     })
     .await
     .unwrap_or_else(|_| Err(StoreError::Unavailable("insert timed out".into())));
+    crate::telemetry::record_write_batch(batch.len(), started.elapsed());
 
     let rows = match outcome {
         Ok(rows) => rows,
         Err(e) => {
             let reason = e.to_string();
             let unavailable = matches!(e, StoreError::Unavailable(_));
-            for (_, reply) in batch {
+            for (_, reply, _) in batch {
                 let _ = reply.send(Err(if unavailable {
                     StoreError::Unavailable(reason.clone())
                 } else {
@@ -115,7 +129,7 @@ async fn insert_batch(pool: &Pool, timeout: Duration, batch: Vec<Job>) {
     };
     let mut inserted: HashMap<String, (i64, time::OffsetDateTime)> =
         rows.iter().map(|row| (row.get::<_, String>(1), (row.get(0), row.get(2)))).collect();
-    for ((user, reply), key) in batch.into_iter().zip(keys) {
+    for ((user, reply, _), key) in batch.into_iter().zip(keys) {
         // The first request for a key takes its row; any other was a duplicate.
         let result = match inserted.remove(&key) {
             Some((id, created_at)) => Ok(User {

@@ -9,9 +9,12 @@ use anyhow::Context;
 use deadpool_sqlite::rusqlite::{self, Connection, ErrorCode, OptionalExtension, params};
 use deadpool_sqlite::{Config as PoolConfig, Hook, HookError, Pool, Runtime};
 use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
 
 use super::rekey::{self, Migration, StoredEmail};
-use super::{StoreError, StoreOptions, format_timestamp};
+use super::{
+    StoreError, StoreOptions, format_timestamp, pool_wait_span, statement_span, write_batch_span, write_wait_span,
+};
 use crate::domain::{NewUser, User};
 
 const MIGRATIONS: &[(i64, Migration)] =
@@ -25,9 +28,13 @@ const MAX_BATCH: usize = 512;
 const READER_CACHE_KIB: u32 = 512;
 
 const SELECT_USER: &str = "SELECT id, name, email, created_at FROM users";
+const SYSTEM: &str = "sqlite";
+
+/// A user to insert, where to answer, and the request's `write wait` span (the batch's parent or link).
+type Insert = (NewUser, oneshot::Sender<Result<User, StoreError>>, tracing::Span);
 
 enum WriterMessage {
-    Insert(NewUser, oneshot::Sender<Result<User, StoreError>>),
+    Insert(Insert),
     Shutdown,
 }
 
@@ -81,26 +88,27 @@ impl SqliteStore {
 
     pub async fn create(&self, user: NewUser) -> Result<User, StoreError> {
         let (reply, outcome) = oneshot::channel();
-        self.writer.try_send(WriterMessage::Insert(user, reply)).map_err(|e| match e {
+        let wait = write_wait_span();
+        self.writer.try_send(WriterMessage::Insert((user, reply, wait.clone()))).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => StoreError::Overloaded,
             mpsc::error::TrySendError::Closed(_) => StoreError::Unavailable("writer stopped".into()),
         })?;
         // One bound for the whole wait; a request given up on is skipped by the writer.
-        match tokio::time::timeout(self.timeout, outcome).await {
+        match tokio::time::timeout(self.timeout, outcome).instrument(wait).await {
             Ok(reply) => reply.map_err(|_| StoreError::Unavailable("writer stopped".into()))?,
             Err(_) => Err(StoreError::Unavailable("insert timed out".into())),
         }
     }
 
     pub async fn get(&self, id: i64) -> Result<Option<User>, StoreError> {
-        self.read(move |conn| {
+        self.read("SELECT users", move |conn| {
             conn.prepare_cached(&format!("{SELECT_USER} WHERE id = ?1"))?.query_row([id], row_to_user).optional()
         })
         .await
     }
 
     pub async fn page(&self, after: i64, limit: u32) -> Result<Vec<User>, StoreError> {
-        self.read(move |conn| select_page(conn, after, limit as usize)).await
+        self.read("SELECT users", move |conn| select_page(conn, after, limit as usize)).await
     }
 
     pub fn pool_status(&self) -> deadpool_sqlite::Status {
@@ -108,7 +116,7 @@ impl SqliteStore {
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
-        self.read(|conn| conn.query_row("SELECT 1", [], |_| Ok(()))).await
+        self.read("SELECT 1", |conn| conn.query_row("SELECT 1", [], |_| Ok(()))).await
     }
 
     pub async fn close(&self) {
@@ -120,24 +128,30 @@ impl SqliteStore {
         self.readers.close();
     }
 
-    async fn read<T, F>(&self, query: F) -> Result<T, StoreError>
+    async fn read<T, F>(&self, operation: &'static str, query: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     {
-        read_on(&self.readers, self.timeout, query).await
+        read_on(&self.readers, self.timeout, operation, query).await
     }
 }
 
 /// Runs `query` on a pooled reader, one bound for getting the connection and running it.
-async fn read_on<T, F>(readers: &Pool, timeout: Duration, query: F) -> Result<T, StoreError>
+/// `operation` names the statement's span.
+async fn read_on<T, F>(readers: &Pool, timeout: Duration, operation: &'static str, query: F) -> Result<T, StoreError>
 where
     T: Send + 'static,
     F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
 {
     let outcome = tokio::time::timeout(timeout, async {
-        let conn = readers.get().await.map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let conn = readers
+            .get()
+            .instrument(pool_wait_span(SYSTEM))
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         conn.interact(move |conn| query(conn))
+            .instrument(statement_span(SYSTEM, operation))
             .await
             .map_err(|e| StoreError::Internal(anyhow::anyhow!("read task failed: {e}")))
     })
@@ -208,16 +222,16 @@ fn rekey_emails(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
 
 /// Takes every queued insert, commits them in one transaction, then answers each.
 fn writer_loop(conn: Connection, mut queue: mpsc::Receiver<WriterMessage>) {
-    let mut batch: Vec<(NewUser, oneshot::Sender<Result<User, StoreError>>)> = Vec::with_capacity(MAX_BATCH);
+    let mut batch: Vec<Insert> = Vec::with_capacity(MAX_BATCH);
     let mut shutting_down = false;
     while !shutting_down {
         match queue.blocking_recv() {
-            Some(WriterMessage::Insert(user, reply)) => batch.push((user, reply)),
+            Some(WriterMessage::Insert(insert)) => batch.push(insert),
             Some(WriterMessage::Shutdown) | None => break,
         }
         while batch.len() < MAX_BATCH {
             match queue.try_recv() {
-                Ok(WriterMessage::Insert(user, reply)) => batch.push((user, reply)),
+                Ok(WriterMessage::Insert(insert)) => batch.push(insert),
                 Ok(WriterMessage::Shutdown) => {
                     shutting_down = true;
                     break;
@@ -229,19 +243,24 @@ fn writer_loop(conn: Connection, mut queue: mpsc::Receiver<WriterMessage>) {
     }
 }
 
-fn commit_batch(conn: &Connection, batch: &mut Vec<(NewUser, oneshot::Sender<Result<User, StoreError>>)>) {
-    batch.retain(|(_, reply)| !reply.is_closed());
+fn commit_batch(conn: &Connection, batch: &mut Vec<Insert>) {
+    batch.retain(|(_, reply, _)| !reply.is_closed());
     if batch.is_empty() {
         return;
     }
+    let span = write_batch_span(SYSTEM, batch.iter().map(|(_, _, wait)| wait));
+    span.record("db.operation.batch.size", batch.len() as i64);
+    let _entered = span.enter();
+    let started = std::time::Instant::now();
     let created_at = format_timestamp(time::OffsetDateTime::now_utc());
     let outcome = (|| -> rusqlite::Result<Vec<Result<User, StoreError>>> {
         let tx = conn.unchecked_transaction()?;
         let mut results = Vec::with_capacity(batch.len());
         {
+            let _statement = statement_span(SYSTEM, "INSERT users").entered();
             let mut insert =
                 tx.prepare_cached("INSERT INTO users (name, email, email_key, created_at) VALUES (?1, ?2, ?3, ?4)")?;
-            for (user, _) in batch.iter() {
+            for (user, _, _) in batch.iter() {
                 // A failed statement rolls back only itself; the rest of the batch commits.
                 let result = insert
                     .execute(params![user.name.as_str(), user.email.as_str(), user.email.key(), created_at])
@@ -258,17 +277,17 @@ fn commit_batch(conn: &Connection, batch: &mut Vec<(NewUser, oneshot::Sender<Res
         tx.commit()?;
         Ok(results)
     })();
-    crate::telemetry::record_write_batch(batch.len());
+    crate::telemetry::record_write_batch(batch.len(), started.elapsed());
     match outcome {
         Ok(results) => {
-            for ((_, reply), result) in batch.drain(..).zip(results) {
+            for ((_, reply, _), result) in batch.drain(..).zip(results) {
                 let _ = reply.send(result);
             }
         }
         Err(e) => {
             tracing::error!(error = %e, batch = batch.len(), "SQLite batch commit failed");
             let unavailable = is_unavailable(&e);
-            for (_, reply) in batch.drain(..) {
+            for (_, reply, _) in batch.drain(..) {
                 let _ = reply.send(Err(if unavailable {
                     StoreError::Unavailable(e.to_string())
                 } else {

@@ -81,8 +81,10 @@ fn static_method(method: &Method) -> &'static str {
     }
 }
 
-pub fn record_write_batch(size: usize) {
+/// One write batch: how many inserts it carried and how long it took (connection, statement, commit).
+pub fn record_write_batch(size: usize, duration: Duration) {
     metrics::histogram!("db_write_batch_size").record(size as f64);
+    metrics::histogram!("db_write_batch_duration_seconds").record(duration.as_secs_f64());
 }
 
 static PROMETHEUS: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> = std::sync::OnceLock::new();
