@@ -1,7 +1,7 @@
 //! Traces over OTLP/HTTP: the real binary exports to a receiver started here, which decodes the
 //! protobuf the way a collector does; and with no endpoint configured nothing is exported.
 
-mod support;
+mod kit;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -10,12 +10,15 @@ use std::time::{Duration, Instant};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::routing::post;
+use kit::http::{client, user_body};
+use kit::process::Server;
+use kit::sqlite::TempSqlite;
+use kit::{free_port, random_tag};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::trace::v1::Span;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use prost::Message;
-use support::{Server, client, random_tag, sqlite_url, user_body};
 
 /// How long the exporter may take to deliver (it batches every 100 ms here).
 const DELIVERY: Duration = Duration::from_secs(15);
@@ -141,13 +144,13 @@ fn start(database_url: &str, env: &[(&'static str, String)]) -> Server {
 
 #[tokio::test]
 async fn a_sampled_post_on_sqlite_is_exported_with_the_callers_trace_its_request_id_and_child_spans() {
-    let (_dir, _path, url) = sqlite_url();
-    sampled_post_and_read_are_exported(&url, "sqlite").await;
+    let sqlite = TempSqlite::new();
+    sampled_post_and_read_are_exported(&sqlite.url, "sqlite").await;
 }
 
 #[tokio::test]
 async fn a_sampled_post_on_postgres_is_exported_with_the_callers_trace_its_request_id_and_child_spans() {
-    let schema = support::PgSchema::create().await;
+    let schema = kit::pg::PgSchema::create().await;
     sampled_post_and_read_are_exported(&schema.database_url(), "postgresql").await;
     schema.cleanup().await;
 }
@@ -231,8 +234,8 @@ async fn sampled_post_and_read_are_exported(database_url: &str, system: &str) {
 async fn an_unsampled_request_is_not_exported_but_its_log_line_has_a_trace_id() {
     let receiver = Receiver::default();
     let otlp = receiver.clone().start("127.0.0.1:0").await;
-    let (_dir, _path, url) = sqlite_url();
-    let server = start(&url, &traced_env(&format!("http://{otlp}")));
+    let sqlite = TempSqlite::new();
+    let server = start(&sqlite.url, &traced_env(&format!("http://{otlp}")));
 
     // No traceparent: a root, sampled at ratio 0, so never exported.
     let request_id = format!("unsampled-{}", random_tag());
@@ -259,11 +262,11 @@ async fn with_no_endpoint_configured_nothing_is_exported_and_no_exporter_runs() 
     // Were an exporter built anyway, it would send to the OTLP default, localhost:4318.
     let receiver = Receiver::default();
     receiver.clone().start("127.0.0.1:4318").await;
-    let (_dir, _path, url) = sqlite_url();
+    let sqlite = TempSqlite::new();
     let mut env = traced_env("");
     env.push(("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", String::new()));
     env.push(("OTEL_BSP_SCHEDULE_DELAY", "50".to_owned()));
-    let server = start(&url, &env);
+    let server = start(&sqlite.url, &env);
 
     let request_id = format!("untraced-{}", random_tag());
     let traceparent = format!("00-{}{}-00f067aa0ba902b7-01", "5af7651916cd43dd8448", random_tag());
@@ -288,15 +291,15 @@ async fn with_no_endpoint_configured_nothing_is_exported_and_no_exporter_runs() 
 async fn a_stalled_collector_never_slows_requests_and_the_spans_it_costs_are_counted() {
     let receiver = Receiver { stall: Some(Duration::from_secs(60)), ..Receiver::default() };
     let otlp = receiver.clone().start("127.0.0.1:0").await;
-    let (_dir, _path, url) = sqlite_url();
-    let metrics_port = support::free_port();
+    let sqlite = TempSqlite::new();
+    let metrics_port = free_port();
     let mut env = traced_env(&format!("http://{otlp}"));
     env.extend([
         ("OTEL_TRACES_SAMPLER", "always_on".to_owned()),
         ("OTEL_BSP_MAX_QUEUE_SIZE", "8".to_owned()),
         ("METRICS_ADDR", format!("127.0.0.1:{metrics_port}")),
     ]);
-    let server = start(&url, &env);
+    let server = start(&sqlite.url, &env);
 
     let http = client();
     let mut slowest = Duration::ZERO;
@@ -323,7 +326,7 @@ async fn a_stalled_collector_never_slows_requests_and_the_spans_it_costs_are_cou
         .trim()
         .parse()
         .unwrap();
-    support::report(
+    kit::load::report(
         "traces::a_stalled_collector_never_slows_requests",
         &format!("60 POSTs, slowest {:.1} ms; {dropped} of 240 spans dropped and counted", slowest.as_secs_f64() * 1e3),
     );

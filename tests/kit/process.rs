@@ -52,6 +52,9 @@ impl Server {
             "TRUST_FORWARDED_FOR",
             "DATABASE_PASSWORD",
             "SKIP_MIGRATIONS",
+            // Traces only where a test asks for them.
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
         ] {
             command.env_remove(var);
         }
