@@ -90,6 +90,11 @@ pub struct ServeConfig {
     /// Seconds to finish in-flight requests after SIGTERM/SIGINT before exiting anyway.
     #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 20)]
     pub shutdown_grace_secs: u64,
+    /// Seconds after SIGTERM during which the instance still accepts connections while /ready
+    /// fails (for platforms that route until readiness fails, e.g. Kubernetes; 0 on ECS, where
+    /// the load balancer deregisters the task before the signal).
+    #[arg(long, env = "SHUTDOWN_DELAY_SECS", default_value_t = 0)]
+    pub shutdown_delay_secs: u64,
     /// Requests handled at once; beyond this the service answers 503 at once instead of queueing.
     #[arg(long, env = "MAX_IN_FLIGHT", default_value_t = 1024)]
     pub max_in_flight: usize,
@@ -100,6 +105,9 @@ pub struct ServeConfig {
     /// Seconds a full-list download may go without the client taking more before it is ended.
     #[arg(long, env = "LIST_STREAM_STALL_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     pub list_stream_stall_secs: u64,
+
+    #[command(flatten)]
+    pub connections: ConnectionConfig,
     /// Skip migrations at start (when `users-api migrate` runs as a separate step).
     #[arg(long, env = "SKIP_MIGRATIONS", default_value_t = false)]
     pub skip_migrations: bool,
@@ -112,6 +120,32 @@ pub struct ServeConfig {
 
     #[command(flatten)]
     pub rate_limit: RateLimitConfig,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ConnectionConfig {
+    /// Seconds a client has to send a whole request head, from the connection's accept or the
+    /// head's first byte; then the connection is closed.
+    #[arg(long, env = "HEADER_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_timeout_secs: u64,
+    /// Seconds an idle keep-alive connection is kept open (above the ALB's 60 s idle timeout,
+    /// so that the balancer, not the service, closes idle connections).
+    #[arg(long, env = "KEEPALIVE_TIMEOUT_SECS", default_value_t = 75, value_parser = clap::value_parser!(u64).range(1..))]
+    pub keepalive_timeout_secs: u64,
+    /// Open client connections; at the cap the longest-idle connection is closed to make room,
+    /// and when none is idle the newcomer gets a 503. Lowered to fit the descriptor limit.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections: u64,
+}
+
+impl ConnectionConfig {
+    pub fn header_timeout(&self) -> Duration {
+        Duration::from_secs(self.header_timeout_secs)
+    }
+
+    pub fn keepalive_timeout(&self) -> Duration {
+        Duration::from_secs(self.keepalive_timeout_secs)
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -236,6 +270,10 @@ impl ServeConfig {
 
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace_secs)
+    }
+
+    pub fn shutdown_delay(&self) -> Duration {
+        Duration::from_secs(self.shutdown_delay_secs)
     }
 
     /// The metrics listener address, unless turned off.

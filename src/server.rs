@@ -1,8 +1,13 @@
 //! Building and running the service: bind, migrate, serve, drain on a signal.
 
+mod accept;
+mod connection;
+mod descriptors;
+mod refusals;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
@@ -12,17 +17,22 @@ use crate::config::ServeConfig;
 use crate::http::{AppState, Guards, ListStreams, RateLimiter, app};
 use crate::store::{Store, redact};
 
+pub use connection::InFlight;
+
 pub struct Application {
     listener: TcpListener,
     metrics_listener: Option<TcpListener>,
     state: Arc<AppState>,
     authenticator: Option<Arc<Authenticator>>,
     config: ServeConfig,
+    /// The open-file limit after raising it; `None` when it cannot be read.
+    descriptor_limit: Option<u64>,
 }
 
 impl Application {
     /// Connects and migrates the store, then binds (port 0 picks a free port; see `local_addr`).
     pub async fn build(config: ServeConfig) -> anyhow::Result<Self> {
+        let descriptor_limit = descriptors::raise_limit();
         let database = &config.database;
         let store = Store::connect(&database.database_url, &database.store_options()).await?;
         if !config.skip_migrations {
@@ -53,6 +63,7 @@ impl Application {
             store = store.backend(),
             database = %redact(&database.database_url),
             auth = authenticator.is_some(),
+            descriptor_limit,
             "listening"
         );
         if authenticator.is_none() && !addr.ip().is_loopback() {
@@ -64,7 +75,7 @@ impl Application {
         }
         let list_streams = ListStreams::new(config.max_list_streams, config.list_stream_stall_timeout());
         let state = Arc::new(AppState { store, draining: AtomicBool::new(false), list_streams });
-        Ok(Self { listener, metrics_listener, state, authenticator, config })
+        Ok(Self { listener, metrics_listener, state, authenticator, config, descriptor_limit })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -76,10 +87,9 @@ impl Application {
         self.metrics_listener.as_ref().and_then(|l| l.local_addr().ok())
     }
 
-    /// Serves until `shutdown` resolves, then stops accepting, lets in-flight requests finish
-    /// for up to the grace period, and closes the store.
+    /// Serves until `shutdown` resolves, then drains (see `accept::serve`) and closes the store.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        let Self { listener, metrics_listener, state, authenticator, config } = self;
+        let Self { listener, metrics_listener, state, authenticator, config, descriptor_limit } = self;
         let limits = &config.rate_limit;
         let guards = Guards {
             max_in_flight: config.max_in_flight,
@@ -101,32 +111,26 @@ impl Application {
             });
         }
 
-        let (signalled_tx, mut signalled) = tokio::sync::watch::channel(false);
-        let draining_state = state.clone();
-        let graceful = async move {
-            shutdown.await;
-            draining_state.draining.store(true, Ordering::Relaxed);
-            tracing::info!("shutdown requested; draining in-flight requests");
-            let _ = signalled_tx.send(true);
+        let connections = &config.connections;
+        let settings = accept::Settings {
+            timeouts: connection::Timeouts {
+                header: connections.header_timeout(),
+                keepalive: connections.keepalive_timeout(),
+            },
+            max_connections: descriptors::connection_cap(
+                connections.max_connections,
+                descriptor_limit,
+                config.database.database_max_connections,
+            ),
+            shutdown_delay: config.shutdown_delay(),
+            grace: config.shutdown_grace(),
         };
-        let server = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(graceful);
-
-        let grace = config.shutdown_grace();
-        let deadline = async move {
-            let _ = signalled.wait_for(|s| *s).await;
-            tokio::time::sleep(grace).await;
-        };
-        tokio::select! {
-            result = server => result.context("HTTP server failed")?,
-            () = deadline => tracing::warn!(grace_secs = grace.as_secs(), "grace period over; exiting with requests still open"),
-        }
+        accept::serve(listener, router, state.clone(), settings, shutdown).await;
         state.store.close().await;
         tracing::info!("stopped");
         Ok(())
     }
 }
-
 /// Resolves on SIGTERM (what ECS and Docker send) or SIGINT (Ctrl-C).
 pub async fn shutdown_signal() {
     let ctrl_c = async {

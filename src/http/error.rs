@@ -38,6 +38,10 @@ pub enum ApiError {
     UnsupportedMediaType,
     #[error("the request could not be understood")]
     BadRequest,
+    #[error("the request head is too large: too many or too long header fields")]
+    HeaderFieldsTooLarge,
+    #[error("the request target (URI) is too long")]
+    UriTooLong,
     #[error("{0}")]
     NotFound(&'static str),
     #[error("this method is not allowed on this resource")]
@@ -81,6 +85,8 @@ impl ApiError {
             | Self::EmailTaken
             | Self::BadRequest => StatusCode::BAD_REQUEST,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::HeaderFieldsTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::UriTooLong => StatusCode::URI_TOO_LONG,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -103,6 +109,8 @@ impl ApiError {
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::BadRequest => "bad_request",
+            Self::HeaderFieldsTooLarge => "header_fields_too_large",
+            Self::UriTooLong => "uri_too_long",
             Self::NotFound(_) => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::Unavailable { .. } => "service_unavailable",
@@ -116,7 +124,7 @@ impl ApiError {
         }
     }
 
-    fn title(&self) -> &'static str {
+    pub fn title(&self) -> &'static str {
         match self {
             Self::MalformedJson(_) => "Malformed JSON",
             Self::InvalidFields(_) => "Invalid request body",
@@ -125,6 +133,8 @@ impl ApiError {
             Self::PayloadTooLarge { .. } => "Payload too large",
             Self::UnsupportedMediaType => "Unsupported media type",
             Self::BadRequest => "Bad request",
+            Self::HeaderFieldsTooLarge => "Request header fields too large",
+            Self::UriTooLong => "URI too long",
             Self::NotFound(_) => "Not found",
             Self::MethodNotAllowed => "Method not allowed",
             Self::Unavailable { .. } => "Service unavailable",
@@ -156,6 +166,27 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl ApiError {
+    /// The problem+json document for this error.
+    pub fn problem_json(&self, request_id: Option<String>) -> Vec<u8> {
+        let errors = match self {
+            Self::InvalidFields(errors) | Self::InvalidQuery(errors) => Some(errors.as_slice()),
+            _ => None,
+        };
+        let code = self.code();
+        let problem = Problem {
+            kind: format!("/problems/{}", code.replace('_', "-")),
+            title: self.title(),
+            status: self.status().as_u16(),
+            detail: self.to_string(),
+            code,
+            errors,
+            request_id,
+        };
+        serde_json::to_vec(&problem).unwrap_or_else(|_| b"{}".to_vec())
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
@@ -164,21 +195,7 @@ impl IntoResponse for ApiError {
             // The cause goes to the log, tied to the request id; the client gets a generic detail.
             tracing::error!(request_id = request_id.as_deref().unwrap_or("-"), error = ?cause, "internal error");
         }
-        let errors = match &self {
-            Self::InvalidFields(errors) | Self::InvalidQuery(errors) => Some(errors.as_slice()),
-            _ => None,
-        };
-        let code = self.code();
-        let problem = Problem {
-            kind: format!("/problems/{}", code.replace('_', "-")),
-            title: self.title(),
-            status: status.as_u16(),
-            detail: self.to_string(),
-            code,
-            errors,
-            request_id,
-        };
-        let body = serde_json::to_vec(&problem).unwrap_or_else(|_| b"{}".to_vec());
+        let body = self.problem_json(request_id);
         let mut response =
             (status, [(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON))], body).into_response();
         let headers = response.headers_mut();

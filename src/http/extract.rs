@@ -10,15 +10,17 @@ use serde_json::Value;
 
 use super::error::{ApiError, FieldError};
 use crate::domain::{Email, NewUser, UserName};
+use crate::server::InFlight;
 
 /// Request bodies larger than this are refused with 413.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
-/// After refusing a body, up to this much more of it is read and dropped (for at most
-/// `DRAIN_TIME`) before answering: closing a connection with unread bytes resets it, and the
-/// reset can destroy the 413 before the client reads it (nginx's lingering close, in small).
-const DRAIN_BYTES: u64 = 1024 * 1024;
-const DRAIN_TIME: Duration = Duration::from_secs(1);
+/// A refused body is read and dropped after the 413 is sent, whatever its size, for at most
+/// `LINGER_TIME` and while bytes keep coming (`LINGER_STALL`): closing a connection with
+/// unread bytes resets it, and the reset destroys the 413 before a client that sends its
+/// whole body first reads it. nginx's lingering close (`lingering_time`, `lingering_timeout`).
+const LINGER_TIME: Duration = Duration::from_secs(30);
+const LINGER_STALL: Duration = Duration::from_secs(5);
 
 /// A `NewUser` parsed from a JSON request body.
 pub struct NewUserJson(pub NewUser);
@@ -32,16 +34,19 @@ impl<S: Send + Sync> FromRequest<S> for NewUserJson {
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        if let Some(declared) = declared_length.filter(|&n| n > MAX_BODY_BYTES as u64) {
-            if declared <= MAX_BODY_BYTES as u64 + DRAIN_BYTES {
-                drain(request.into_body()).await;
+        let in_flight = request.extensions().get::<InFlight>().cloned();
+        if declared_length.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+            // A client waiting for `100 Continue` has sent nothing: it reads the 413 and stops.
+            let expects_continue = request.headers().contains_key(header::EXPECT);
+            if !expects_continue {
+                linger(request.into_body(), in_flight);
             }
             return Err(ApiError::PayloadTooLarge { limit: MAX_BODY_BYTES });
         }
         if !is_json(request.headers().get(header::CONTENT_TYPE)) {
             return Err(ApiError::UnsupportedMediaType);
         }
-        let bytes = read_limited(request.into_body()).await?;
+        let bytes = read_limited(request.into_body(), in_flight).await?;
         parse_new_user(&bytes).map(Self)
     }
 }
@@ -58,13 +63,13 @@ fn is_json(content_type: Option<&header::HeaderValue>) -> bool {
     }
 }
 
-async fn read_limited(mut body: Body) -> Result<bytes::Bytes, ApiError> {
+async fn read_limited(mut body: Body, in_flight: Option<InFlight>) -> Result<bytes::Bytes, ApiError> {
     let mut bytes = bytes::BytesMut::new();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|_| ApiError::MalformedJson("the request body could not be read".into()))?;
         let Ok(data) = frame.into_data() else { continue }; // trailers
         if bytes.len() + data.len() > MAX_BODY_BYTES {
-            drain(body).await;
+            linger(body, in_flight);
             return Err(ApiError::PayloadTooLarge { limit: MAX_BODY_BYTES });
         }
         bytes.extend_from_slice(&data);
@@ -72,19 +77,20 @@ async fn read_limited(mut body: Body) -> Result<bytes::Bytes, ApiError> {
     Ok(bytes.freeze())
 }
 
-/// Reads and drops the rest of a refused body, within `DRAIN_BYTES` and `DRAIN_TIME`.
-async fn drain(mut body: Body) {
-    let mut left = DRAIN_BYTES;
-    let _ = tokio::time::timeout(DRAIN_TIME, async {
-        while let Some(Ok(frame)) = body.frame().await {
-            let size = frame.data_ref().map_or(0, |data| data.len() as u64);
-            if size >= left {
-                return;
+/// Reads and drops the rest of a refused body in the background, while the 413 goes out,
+/// keeping the connection counted as busy (it is not idle: the client is still sending).
+fn linger(mut body: Body, in_flight: Option<InFlight>) {
+    tokio::spawn(async move {
+        let _busy = in_flight;
+        let give_up = tokio::time::Instant::now() + LINGER_TIME;
+        loop {
+            let stall = tokio::time::Instant::now() + LINGER_STALL;
+            match tokio::time::timeout_at(stall.min(give_up), body.frame()).await {
+                Ok(Some(Ok(_))) => {}
+                _ => return,
             }
-            left -= size;
         }
-    })
-    .await;
+    });
 }
 
 /// Parses a create-user body, reporting every invalid field at once.
