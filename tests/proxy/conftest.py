@@ -129,7 +129,7 @@ class Api:
                 self.proc.wait()
 
 
-def start_api(workdir: Path, name: str = "api", port: int | None = None) -> Api:
+def start_api(workdir: Path, name: str = "api", port: int | None = None, **extra_env: str) -> Api:
     """The real binary on SQLite (workdir/name.db); on `port` when given (a restart in place)."""
     binary = os.environ.get("USERS_API_BIN", str(ROOT / "target" / "debug" / "users-api"))
     if not os.access(binary, os.X_OK):
@@ -143,6 +143,7 @@ def start_api(workdir: Path, name: str = "api", port: int | None = None) -> Api:
         "LOG_LEVEL": "info",
         "METRICS_ADDR": f"127.0.0.1:{free_port()}",
         "TRUST_FORWARDED_FOR": "true",
+        **extra_env,
     }
     log_path = workdir / f"{name}.log"
     log = open(log_path, "ab")

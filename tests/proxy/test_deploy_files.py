@@ -62,6 +62,12 @@ def test_compose_points_the_proxy_at_the_api_and_the_api_at_postgres():
     assert api_env["TRUST_FORWARDED_FOR"] == "true"
 
 
+def test_compose_samples_as_many_traces_at_the_proxy_as_the_api_would():
+    # nginx decides the sampled flag of the traces it starts; the API follows it
+    api_ratio = float(SERVICES["api"]["environment"]["OTEL_TRACES_SAMPLER_ARG"])
+    assert float(SERVICES["proxy"]["environment"]["TRACE_SAMPLE_PERCENT"]) == api_ratio * 100
+
+
 def test_compose_api_health_check_is_the_images_own():
     test = SERVICES["api"]["healthcheck"]["test"]
     assert test == ["CMD", "/usr/local/bin/users-api", "healthcheck"]

@@ -4,12 +4,16 @@ decides its sampled flag, since the API samples parent-based."""
 
 from __future__ import annotations
 
+import json
 import re
+import threading
+import time
 import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from conftest import CannedUpstream, forwarded_headers, request, start_nginx
+from conftest import CannedUpstream, forwarded_headers, free_port, request, start_api, start_nginx
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n[]"
 STARTED = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-(0[01])")
@@ -111,3 +115,70 @@ def test_a_callers_sampling_decision_is_kept(traced):
     for flags in ("00", "01"):
         parent = f"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-{flags}"
         assert sent_to_api(ngx, upstream, {"traceparent": parent})["traceparent"] == parent
+
+
+class OtlpReceiver:
+    """Accepts OTLP/HTTP exports and keeps their bodies (protobuf: a trace id appears as its 16 raw bytes)."""
+
+    def __init__(self):
+        bodies = self.bodies = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                bodies.append(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def exported(self, trace_id: str, timeout: float = 10.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(bytes.fromhex(trace_id) in body for body in self.bodies):
+                return True
+            time.sleep(0.1)
+        return False
+
+    def close(self):
+        self.server.shutdown()
+
+
+def api_log_entry(api, request_id: str) -> dict:
+    line = api.wait_for_log(f'"request_id":"{request_id}"')
+    return json.loads(line)
+
+
+def test_the_api_continues_the_trace_nginx_passes_on_or_starts(workdir):
+    receiver = OtlpReceiver()
+    api = start_api(workdir, name="traced-api", OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint,
+                    OTEL_SERVICE_NAME="users-api", OTEL_BSP_SCHEDULE_DELAY="200")
+    ngx = start_nginx(workdir, f"127.0.0.1:{api.port}", name="nginx-traced-api", TRACE_SAMPLE_PERCENT="100")
+    try:
+        # started by nginx: one id for both logs and the exported spans
+        started = request(ngx.port, "GET", "/users?limit=1", source="127.0.0.71")
+        assert started.status == 200
+        trace_id = started.header("X-Request-Id")
+        assert ngx.log_entry(trace_id)["trace_id"] == trace_id
+        assert api_log_entry(api, trace_id).get("trace_id") == trace_id, api.log_text()[-2000:]
+        assert receiver.exported(trace_id), "the API exported no span of the trace nginx started"
+
+        # the caller's: continued through nginx into the API
+        callers = "0af7651916cd43dd8448eb211c80319c"
+        rid = "traced-" + uuid.uuid4().hex
+        created = request(ngx.port, "POST", "/user", source="127.0.0.71",
+                          body={"name": "Ada Lovelace", "email": f"{rid}@example.com"},
+                          headers={"traceparent": f"00-{callers}-b7ad6b7169203331-01", "X-Request-Id": rid})
+        assert created.status == 201
+        assert ngx.log_entry(rid)["trace_id"] == callers
+        assert api_log_entry(api, rid).get("trace_id") == callers
+        assert receiver.exported(callers)
+    finally:
+        ngx.stop()
+        api.stop()
+        receiver.close()
