@@ -30,7 +30,7 @@ pub enum Command {
     /// Serve the HTTP API (the default when no subcommand is given).
     Serve(Box<ServeConfig>),
     /// Apply the embedded database migrations and exit.
-    Migrate(DatabaseConfig),
+    Migrate(MigrateConfig),
     /// Exit 0 when a running instance answers 200 on /health (for container health checks).
     Healthcheck(HealthcheckConfig),
     /// Print an HS256 token signed with AUTH_JWT_SECRET (for local use and tests).
@@ -73,6 +73,19 @@ pub struct DatabaseConfig {
     /// Seconds to wait for a connection or a statement before answering 503.
     #[arg(long, env = "DATABASE_TIMEOUT_SECS", default_value_t = 3)]
     pub database_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct MigrateConfig {
+    #[command(flatten)]
+    pub database: DatabaseConfig,
+    /// PostgreSQL role for the API, created or updated after the migrations: it may read and
+    /// write rows, nothing more. Serve with it and SKIP_MIGRATIONS=true.
+    #[arg(long, env = "DATABASE_APP_ROLE", requires = "app_password")]
+    pub app_role: Option<String>,
+    /// Password of DATABASE_APP_ROLE.
+    #[arg(long, env = "DATABASE_APP_PASSWORD", hide_env_values = true)]
+    pub app_password: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -281,6 +294,20 @@ impl ServeConfig {
         match self.metrics_addr.trim() {
             "" | "off" => Ok(None),
             addr => addr.parse().map(Some).map_err(|e| anyhow::anyhow!("METRICS_ADDR {addr:?}: {e}")),
+        }
+    }
+
+    /// Why the metrics listener could not bind, with the way out: a second instance on one
+    /// host otherwise dies on the default port with a bare "address in use".
+    pub fn metrics_bind_error(addr: SocketAddr, error: std::io::Error) -> anyhow::Error {
+        if error.kind() == std::io::ErrorKind::AddrInUse {
+            anyhow::anyhow!(
+                "the metrics listener {addr} is already in use (another users-api on this host?): \
+                 pick another port with METRICS_ADDR=127.0.0.1:PORT (--metrics-addr), \
+                 or turn metrics off with METRICS_ADDR=off"
+            )
+        } else {
+            anyhow::Error::new(error).context(format!("binding the metrics listener {addr} (METRICS_ADDR)"))
         }
     }
 }

@@ -52,7 +52,7 @@ impl Application {
         let metrics_listener = match config.metrics_addr()? {
             Some(addr) => {
                 crate::telemetry::install_metrics_recorder();
-                Some(TcpListener::bind(addr).await.with_context(|| format!("binding the metrics listener {addr}"))?)
+                Some(TcpListener::bind(addr).await.map_err(|e| ServeConfig::metrics_bind_error(addr, e))?)
             }
             None => None,
         };

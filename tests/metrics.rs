@@ -64,3 +64,24 @@ async fn counters_match_the_requests_sent_and_metrics_stay_off_the_public_port()
     assert_eq!(sample(&text, "http_requests_in_flight", &[]), Some(0.0));
     assert!(sample(&text, "db_pool_max_connections", &[]).is_some_and(|v| v >= 1.0));
 }
+
+#[test]
+fn a_taken_metrics_port_fails_the_start_with_the_way_out() {
+    // Another process (a second instance, say) already holds the metrics port.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let metrics_addr = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let database_url = format!("sqlite://{}", dir.path().join("users.db").display());
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_users-api"))
+        .args(["serve", "--bind-addr", "127.0.0.1:0", "--metrics-addr", &metrics_addr])
+        .args(["--database-url", &database_url])
+        .env_remove("METRICS_ADDR")
+        .output()
+        .unwrap();
+    // The fatal error is a log line (stdout); read both streams.
+    let said = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(!output.status.success(), "the start must fail: {said}");
+    for needle in [metrics_addr.as_str(), "already in use", "METRICS_ADDR=127.0.0.1:PORT", "METRICS_ADDR=off"] {
+        assert!(said.contains(needle), "{needle:?} missing from: {said}");
+    }
+}
