@@ -47,7 +47,7 @@ async fn run(cli: Cli) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         },
-        Some(Command::Migrate(database)) => migrate(&database).await,
+        Some(Command::Migrate(config)) => migrate(&config).await,
         Some(Command::Token(config)) => match token(&config) {
             Ok(token) => {
                 println!("{token}");
@@ -74,11 +74,19 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     Application::build(config).await?.run_until(shutdown_signal()).await
 }
 
-async fn migrate(database: &users_api::config::DatabaseConfig) -> anyhow::Result<()> {
+async fn migrate(config: &users_api::config::MigrateConfig) -> anyhow::Result<()> {
+    let database = &config.database;
     let store = Store::connect(&database.database_url, &database.store_options()).await?;
     store.migrate().await?;
-    store.close().await;
     tracing::info!("migrations applied");
+    if let (Some(role), Some(password)) = (&config.app_role, &config.app_password) {
+        let Store::Postgres(postgres) = &store else {
+            anyhow::bail!("DATABASE_APP_ROLE applies to PostgreSQL only");
+        };
+        postgres.ensure_app_role(role, password).await?;
+        tracing::info!(role, "API role ready: rows of this schema's tables, nothing else");
+    }
+    store.close().await;
     Ok(())
 }
 

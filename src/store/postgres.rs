@@ -9,6 +9,8 @@ use tokio_postgres::Row;
 use tokio_postgres::error::SqlState;
 use tracing::Instrument;
 
+mod app_role;
+
 use super::postgres_writer::InsertBatcher;
 use super::rekey::{self, Migration, StoredEmail};
 use super::{StoreError, StoreOptions, format_timestamp, pool_wait_span, statement_span};
