@@ -18,6 +18,35 @@ locals {
   # nginx in the proxy image runs as a non-root user on an unprivileged port.
   proxy_port = 8080
 
+  # Rolling-deploy timing: every value below follows from the three inputs
+  # (docs/DEPLOY.md, "Shutdown and draining budget"); change an input, not a
+  # result. tests/terraform checks the inequalities.
+  request_timeout_secs = 10 # REQUEST_TIMEOUT_SECS: the API answers 503 past it
+  proxy_timeout_secs   = 15 # nginx proxy_read/send_timeout (proxy/nginx.conf.template)
+  api_start_secs       = 20 # API start + migrations until its container health check passes
+
+  # The ALB keeps draining a deregistered task until its longest request
+  # (bounded by nginx) has ended, with as much again in reserve.
+  deregistration_delay = 2 * local.proxy_timeout_secs
+  # ECS sends SIGTERM only after the drain; a request that still reached the
+  # API gets two request timeouts to finish.
+  shutdown_grace_secs = 2 * local.request_timeout_secs
+  # SIGKILL only after the API's own grace, plus time to exit.
+  stop_timeout = local.shutdown_grace_secs + 10
+  # Load-balancer health check: a new task is in service after
+  # healthy_threshold passing checks; a hung one is out after unhealthy_threshold.
+  health_check_interval            = 15
+  health_check_timeout             = 5
+  health_check_healthy_threshold   = 2
+  health_check_unhealthy_threshold = 3
+  # ECS ignores failing load-balancer checks while a task starts: the API's
+  # start, up to one interval until the first check, then the passing checks
+  # that put it in service.
+  health_check_grace_period = local.api_start_secs + (1 + local.health_check_healthy_threshold) * local.health_check_interval
+
+  # Rolling deployments start every new task before stopping an old one.
+  deployment_maximum_percent = 200
+
   # The service module names its cluster and service after its `name`. The
   # observability module gets these names from here rather than from the
   # service module's outputs, because the service module consumes
@@ -126,23 +155,30 @@ module "network" {
 module "alb" {
   source = "./modules/alb"
 
-  name                = var.name
-  vpc_id              = module.network.vpc_id
-  vpc_cidr            = module.network.vpc_cidr
-  public_subnet_ids   = module.network.public_subnet_ids
-  certificate_arn     = var.certificate_arn
-  enable_waf          = var.enable_waf
-  waf_rate_limit      = var.waf_rate_limit
-  deletion_protection = var.alb_deletion_protection
-  log_retention_days  = var.log_retention_days
-  kms_key_arn         = aws_kms_key.this.arn
-  tags                = local.tags
+  name                 = var.name
+  vpc_id               = module.network.vpc_id
+  vpc_cidr             = module.network.vpc_cidr
+  public_subnet_ids    = module.network.public_subnet_ids
+  certificate_arn      = var.certificate_arn
+  domain_name          = var.domain_name
+  route53_zone_id      = var.route53_zone_id
+  allow_plaintext_http = var.allow_plaintext_http
+  enable_waf           = var.enable_waf
+  waf_rate_limit       = var.waf_rate_limit
+  deletion_protection  = var.alb_deletion_protection
+  log_retention_days   = var.log_retention_days
+  kms_key_arn          = aws_kms_key.this.arn
+  tags                 = local.tags
 
   target_port = local.proxy_port
 
-  # Shutdown budget (docs/DEPLOY.md): drain 30 s, idle 60 s < nginx keepalive 75 s.
-  deregistration_delay = 30
-  idle_timeout         = 60
+  # Rolling-deploy timing (locals above); idle 60 s < nginx keepalive 75 s.
+  deregistration_delay             = local.deregistration_delay
+  health_check_interval            = local.health_check_interval
+  health_check_timeout             = local.health_check_timeout
+  health_check_healthy_threshold   = local.health_check_healthy_threshold
+  health_check_unhealthy_threshold = local.health_check_unhealthy_threshold
+  idle_timeout                     = 60
 }
 
 module "registry" {
@@ -190,15 +226,17 @@ resource "aws_vpc_security_group_ingress_rule" "database_from_service" {
 module "service" {
   source = "./modules/service"
 
-  name                  = local.service_name
-  vpc_id                = module.network.vpc_id
-  vpc_cidr              = module.network.vpc_cidr
-  private_subnet_ids    = module.network.private_subnet_ids
-  alb_security_group_id = module.alb.security_group_id
-  db_security_group_id  = module.database.security_group_id
-  target_group_arn      = module.alb.target_group_arn
-  listener_arn          = module.alb.listener_arn
-  proxy_port            = local.proxy_port
+  name                       = local.service_name
+  vpc_id                     = module.network.vpc_id
+  vpc_cidr                   = module.network.vpc_cidr
+  private_subnet_ids         = module.network.private_subnet_ids
+  alb_security_group_id      = module.alb.security_group_id
+  db_security_group_id       = module.database.security_group_id
+  endpoint_security_group_id = module.network.endpoint_security_group_id
+  s3_prefix_list_id          = module.network.s3_prefix_list_id
+  target_group_arn           = module.alb.target_group_arn
+  listener_arn               = module.alb.listener_arn
+  proxy_port                 = local.proxy_port
 
   api_repository_url   = module.registry.repository_urls["api"]
   proxy_repository_url = module.registry.repository_urls["proxy"]
@@ -213,11 +251,12 @@ module "service" {
   cpu_target    = var.cpu_target
   memory_target = var.memory_target
 
-  # Shutdown budget (docs/DEPLOY.md): request 10 s < grace 20 s < stopTimeout 30 s.
-  api_request_timeout_secs  = 10
-  api_shutdown_grace_secs   = 20
-  stop_timeout              = 30
-  health_check_grace_period = 60
+  # Rolling-deploy timing (locals above).
+  api_request_timeout_secs   = local.request_timeout_secs
+  api_shutdown_grace_secs    = local.shutdown_grace_secs
+  stop_timeout               = local.stop_timeout
+  health_check_grace_period  = local.health_check_grace_period
+  deployment_maximum_percent = local.deployment_maximum_percent
 
   log_level                = var.log_level
   rate_limit_per_second    = var.rate_limit_per_second
@@ -258,8 +297,9 @@ module "observability" {
   target_group_arn_suffix    = module.alb.target_group_arn_suffix
   db_instance_identifier     = module.database.identifier
   db_allocated_storage_bytes = module.database.allocated_storage_bytes
-  # Expected peak: max_tasks x pool size; alarm a little above it.
-  db_connections_threshold = var.max_tasks * var.database_max_connections + 10
+  # The most connections the fleet holds legitimately: max_tasks during a
+  # deployment's surge (old and new tasks side by side), each with a full pool.
+  db_connections_threshold = ceil(var.max_tasks * local.deployment_maximum_percent / 100) * var.database_max_connections
 
   tags = local.tags
 }

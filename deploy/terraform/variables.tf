@@ -60,13 +60,41 @@ variable "single_nat_gateway" {
 # ------------------------------------------------------------ load balancer
 
 variable "certificate_arn" {
-  description = "ACM certificate ARN for HTTPS on the load balancer. Empty: HTTP only (bootstrap/test)."
+  description = "Issued ACM certificate (same region) for HTTPS. Empty: set route53_zone_id and domain_name to have one created and validated, or allow_plaintext_http."
   type        = string
   default     = ""
 
   validation {
     condition     = var.certificate_arn == "" || can(regex("^arn:aws[a-z-]*:acm:", var.certificate_arn))
     error_message = "certificate_arn must be empty or an ACM certificate ARN."
+  }
+}
+
+variable "domain_name" {
+  description = "Name the service answers on, e.g. users.example.com (the created certificate's name and its alias record; the url output)."
+  type        = string
+  default     = ""
+}
+
+variable "route53_zone_id" {
+  description = "Route 53 hosted zone of domain_name: with an empty certificate_arn, an ACM certificate is requested and DNS-validated there, and an alias record points domain_name at the load balancer."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = var.route53_zone_id == "" || var.domain_name != ""
+    error_message = "route53_zone_id needs domain_name (the name to certify and point at the load balancer)."
+  }
+}
+
+variable "allow_plaintext_http" {
+  description = "Explicit opt-in to plain HTTP on port 80 without any certificate (bearer tokens in clear: tests and bootstrap only). Without it, a certificate is required."
+  type        = bool
+  default     = false
+
+  validation {
+    condition     = var.allow_plaintext_http || var.certificate_arn != "" || var.route53_zone_id != ""
+    error_message = "HTTPS is required: set certificate_arn, or route53_zone_id and domain_name to create a certificate. Plain HTTP only with allow_plaintext_http = true."
   }
 }
 
@@ -139,9 +167,9 @@ variable "task_memory" {
 }
 
 variable "min_tasks" {
-  description = "Autoscaling minimum number of tasks."
+  description = "Autoscaling minimum number of tasks. 2 by default: one task is a single point of failure (a zone outage, a crashed task, every deployment's start)."
   type        = number
-  default     = 1
+  default     = 2
 
   validation {
     condition     = var.min_tasks >= 1 && floor(var.min_tasks) == var.min_tasks

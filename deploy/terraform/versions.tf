@@ -22,4 +22,9 @@ terraform {
 
 provider "aws" {
   region = var.region
+
+  # Every resource carries the project's tags, including those a module forgets.
+  default_tags {
+    tags = local.tags
+  }
 }

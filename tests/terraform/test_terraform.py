@@ -64,19 +64,158 @@ def _module_args(name: str) -> dict:
     return {k: tfcheck.literal(v) for k, v in root.calls[name].items()}
 
 
-def test_shutdown_budget_is_consistent_end_to_end():
-    alb, svc = _module_args("alb"), _module_args("service")
+ARITHMETIC = re.compile(r"(?:[\d\s()+*/-]|local\.\w+)+")
+
+
+def _evaluate_locals(module_dir: pathlib.Path) -> dict[str, int]:
+    """The numeric locals of a module, each arithmetic over numbers and other locals.
+
+    Read from the source text: the HCL parser drops parentheses from expressions."""
+    exprs = {}
+    for tf in sorted(module_dir.glob("*.tf")):
+        inside = False
+        for line in tf.read_text().splitlines():
+            if re.match(r"^locals\s*\{", line):
+                inside = True
+            elif inside and line.startswith("}"):
+                inside = False
+            elif inside:
+                m = re.match(r"^\s*(\w+)\s*=\s*(.+?)\s*(?:#.*)?$", line)
+                if m and ARITHMETIC.fullmatch(m.group(2)):
+                    exprs[m.group(1)] = m.group(2)
+    values: dict[str, int] = {}
+    progress = True
+    while progress:
+        progress = False
+        for name, expr in exprs.items():
+            refs = re.findall(r"local\.(\w+)", expr)
+            if name not in values and all(r in values for r in refs):
+                arithmetic = re.sub(r"local\.(\w+)", lambda m: str(values[m.group(1)]), expr)
+                assert re.fullmatch(r"[\d\s()+*/-]+", arithmetic), (name, expr)
+                values[name] = eval(arithmetic)  # digits and operators only (asserted above)
+                progress = True
+    return values
+
+
+TIMING_ARGS = {
+    "alb": {
+        "deregistration_delay": "deregistration_delay",
+        "health_check_interval": "health_check_interval",
+        "health_check_timeout": "health_check_timeout",
+        "health_check_healthy_threshold": "health_check_healthy_threshold",
+        "health_check_unhealthy_threshold": "health_check_unhealthy_threshold",
+    },
+    "service": {
+        "api_request_timeout_secs": "request_timeout_secs",
+        "api_shutdown_grace_secs": "shutdown_grace_secs",
+        "stop_timeout": "stop_timeout",
+        "health_check_grace_period": "health_check_grace_period",
+        "deployment_maximum_percent": "deployment_maximum_percent",
+    },
+}
+
+
+def test_rolling_deploy_timing_is_derived_from_one_set_of_locals():
+    root = tfcheck.load_module(TF, ".")
+    # Each timing argument is the local of that name, never a number set on its own.
+    for module, args in TIMING_ARGS.items():
+        for arg, local_name in args.items():
+            assert tfcheck.first(root.calls[module][arg]) == f"${{local.{local_name}}}", (module, arg)
+    t = _evaluate_locals(TF)
+    # Results follow from the inputs: no result is a bare literal.
+    for derived in ("deregistration_delay", "shutdown_grace_secs", "stop_timeout", "health_check_grace_period"):
+        assert "local." in tfcheck.first(root.locals[derived]), derived
     nginx_proxy_timeout, nginx_keepalive = 15, 75
-    request, grace, stop = svc["api_request_timeout_secs"], svc["api_shutdown_grace_secs"], svc["stop_timeout"]
-    assert (request, grace, stop) == (10, 20, 30)
-    assert (alb["deregistration_delay"], alb["idle_timeout"], svc["health_check_grace_period"]) == (30, 60, 60)
-    assert request < nginx_proxy_timeout <= alb["deregistration_delay"]  # draining outlasts any request
-    assert request < grace < stop  # in-flight work ends before SIGKILL
+    template = (REPO / "proxy" / "nginx.conf.template").read_text()
+    assert re.search(rf"proxy_read_timeout\s+{t['proxy_timeout_secs']}s", template), "proxy_timeout_secs mirrors nginx"
+    assert t["proxy_timeout_secs"] == nginx_proxy_timeout
+    assert t["request_timeout_secs"] < t["proxy_timeout_secs"]  # the API answers before nginx gives up
+    assert t["proxy_timeout_secs"] < t["deregistration_delay"]  # the drain outlasts any request
+    assert t["request_timeout_secs"] < t["shutdown_grace_secs"] < t["stop_timeout"] <= 120  # Fargate's maximum
+    assert t["health_check_timeout"] < t["health_check_interval"]
+    started = t["api_start_secs"] + t["health_check_healthy_threshold"] * t["health_check_interval"]
+    assert t["health_check_grace_period"] > started  # a starting task is not replaced for being slow
+    alb = _module_args("alb")
     assert alb["idle_timeout"] < nginx_keepalive  # the ALB closes idle connections first
+    # Today's figures, as docs/DEPLOY.md states them.
+    got = {k: t[k] for k in ("deregistration_delay", "shutdown_grace_secs", "stop_timeout", "health_check_grace_period")}
+    assert got == {"deregistration_delay": 30, "shutdown_grace_secs": 20, "stop_timeout": 30,
+                   "health_check_grace_period": 65}, got
     doc = (REPO / "docs" / "DEPLOY.md").read_text()
     for needle in ("deregistration delay", "stopTimeout", "health check grace period", "idle timeout",
-                   "SHUTDOWN_GRACE_SECS", "REQUEST_TIMEOUT_SECS", "keepalive_timeout"):
+                   "SHUTDOWN_GRACE_SECS", "REQUEST_TIMEOUT_SECS", "keepalive_timeout", "local.deregistration_delay",
+                   "local.health_check_grace_period"):
         assert needle.lower() in doc.lower(), needle
+
+
+def test_the_timing_evaluator_follows_references(tmp_path):
+    (tmp_path / "main.tf").write_text(
+        'locals {\n  a = 10 # ten\n  b = 2 * local.a\n  c = local.b + (1 + local.a) * 3\n  d = data.x.y.z\n}\n'
+        'module "m" {\n  a = 99\n}\n'
+    )
+    assert _evaluate_locals(tmp_path) == {"a": 10, "b": 20, "c": 53}
+
+
+def test_https_is_required_unless_plaintext_is_opted_into():
+    root = tfcheck.load_module(TF, ".")
+    plaintext = root.variables["allow_plaintext_http"]
+    assert tfcheck.first(plaintext["default"]) is False
+    condition = tfcheck.first(tfcheck.first(plaintext["validation"])["condition"])
+    for needle in ("var.allow_plaintext_http", "var.certificate_arn", "var.route53_zone_id"):
+        assert needle in condition, needle
+    alb = tfcheck.load_module(TF / "modules" / "alb", "alb")
+    listeners = {name for (rtype, name) in alb.resources if rtype == "aws_lb_listener"}
+    assert listeners == {"http", "https"}, listeners
+    http = alb.resources[("aws_lb_listener", "http")]
+    assert "count" not in http and tfcheck.literal(http["port"]) == 80  # always one port-80 listener
+    text = re.sub(r"\s+", " ", (TF / "modules" / "alb" / "main.tf").read_text())
+    assert 'type = local.https ? "redirect" : "forward"' in text
+    assert "condition = local.https || var.allow_plaintext_http" in text
+    assert 'resource "aws_acm_certificate_validation" "this"' in text
+    example = (TF / "terraform.tfvars.example").read_text()
+    assert not re.search(r"^\s*allow_plaintext_http\s*=\s*true", example, re.M)
+
+
+def test_alb_access_logs_work_in_every_region():
+    alb = tfcheck.load_module(TF / "modules" / "alb", "alb")
+    assert ("aws_elb_service_account", "current") not in alb.data
+    text = (TF / "modules" / "alb" / "main.tf").read_text()
+    assert '"logdelivery.elasticloadbalancing.amazonaws.com"' in text
+
+
+def test_build_and_pipeline_use_the_stack_key_only_through_s3():
+    text = (TF / "modules" / "pipeline" / "main.tf").read_text()
+    for match in re.finditer(r'actions\s*=\s*\[[^\]]*"kms:[^\]]*\][\s\S]*?\n  }\n', text):
+        assert 'variable = "kms:ViaService"' in match.group(0), match.group(0)
+    assert text.count('variable = "kms:ViaService"') >= 2
+
+
+def test_task_egress_goes_to_endpoints_s3_and_the_database_only():
+    service = tfcheck.load_module(TF / "modules" / "service", "service")
+    egress = {name: body for (rtype, name), body in service.resources.items()
+              if rtype == "aws_vpc_security_group_egress_rule"}
+    assert set(egress) == {"endpoints", "s3", "postgres", "jwks"}, set(egress)
+    world = [name for name, body in egress.items() if tfcheck.literal(body.get("cidr_ipv4")) == "0.0.0.0/0"]
+    assert world == ["jwks"]
+    assert tfcheck.first(egress["jwks"]["count"]) == "${local.use_jwks ? 1 : 0}"
+    network = tfcheck.load_module(TF / "modules" / "network", "network")
+    endpoints = tfcheck.first(network.variables["interface_endpoints"]["default"])
+    assert {"ecr.api", "ecr.dkr", "logs", "secretsmanager"} <= set(endpoints)
+
+
+def test_production_defaults():
+    root = tfcheck.load_module(TF, ".")
+    assert tfcheck.first(root.variables["min_tasks"]["default"]) >= 2
+    with (TF / "versions.tf").open() as fh:
+        provider = hcl2.load(fh)["provider"][0]["aws"]
+    assert tfcheck.first(tfcheck.first(provider["default_tags"])["tags"]) == "${local.tags}"
+    registry = tfcheck.load_module(TF / "modules" / "registry", "registry")
+    scanning = registry.resources[("aws_ecr_registry_scanning_configuration", "this")]
+    assert tfcheck.literal(scanning["scan_type"]) == "ENHANCED"
+    assert tfcheck.first(registry.variables["enhanced_scanning"]["default"]) is True
+    # The connections alarm counts the deployment surge (old and new tasks side by side).
+    threshold = tfcheck.first(root.calls["observability"]["db_connections_threshold"])
+    assert "local.deployment_maximum_percent" in threshold and "var.max_tasks" in threshold
 
 
 def test_task_definition_matches_the_contract():

@@ -1,6 +1,8 @@
 # Internet-facing application load balancer: the only thing in the stack that
-# accepts traffic from the internet. HTTPS when an ACM certificate is given
-# (HTTP then only redirects), plain HTTP when not.
+# accepts traffic from the internet. HTTPS as shipped: a certificate (given, or
+# created and DNS-validated in a Route 53 zone) is required unless plaintext
+# HTTP is explicitly allowed. One port-80 listener: it redirects to HTTPS, or
+# forwards in the opted-in plaintext mode.
 
 data "aws_caller_identity" "current" {}
 
@@ -8,14 +10,100 @@ data "aws_region" "current" {}
 
 data "aws_partition" "current" {}
 
-# ELB's log-delivery account for the region (regions opened before August 2022
-# only accept this principal; newer ones use the service principal below).
-data "aws_elb_service_account" "current" {}
-
 locals {
-  https      = var.certificate_arn != ""
-  account_id = data.aws_caller_identity.current.account_id
-  log_prefix = "alb"
+  create_certificate = var.certificate_arn == "" && var.route53_zone_id != ""
+  certificate_arn    = local.create_certificate ? aws_acm_certificate_validation.this[0].certificate_arn : var.certificate_arn
+  https              = var.certificate_arn != "" || local.create_certificate
+  account_id         = data.aws_caller_identity.current.account_id
+  region             = data.aws_region.current.name
+  log_prefix         = "alb"
+
+  # Elastic Load Balancing's log-delivery accounts of the regions opened before
+  # August 2022 (AWS documentation, "Enable access logs for your Application
+  # Load Balancer"). Those regions need this principal; every region accepts
+  # the log-delivery service principal. A literal map instead of the
+  # aws_elb_service_account data source, which fails in newer regions.
+  elb_log_accounts = {
+    us-east-1      = "127311923021"
+    us-east-2      = "033677994240"
+    us-west-1      = "027434742980"
+    us-west-2      = "797873946194"
+    af-south-1     = "098369216593"
+    ap-east-1      = "754344448648"
+    ap-south-1     = "718504428378"
+    ap-northeast-1 = "582318560864"
+    ap-northeast-2 = "600734575887"
+    ap-northeast-3 = "383597477331"
+    ap-southeast-1 = "114774131450"
+    ap-southeast-2 = "783225319266"
+    ap-southeast-3 = "589379963580"
+    ca-central-1   = "985666609251"
+    eu-central-1   = "054676820928"
+    eu-west-1      = "156460612806"
+    eu-west-2      = "652711504416"
+    eu-west-3      = "009996457667"
+    eu-south-1     = "635631232127"
+    eu-north-1     = "897822967062"
+    me-south-1     = "076674570225"
+    sa-east-1      = "507241528517"
+  }
+  elb_log_account = lookup(local.elb_log_accounts, local.region, "")
+}
+
+# ------------------------------------------------------------- certificate
+
+resource "aws_acm_certificate" "this" {
+  count = local.create_certificate ? 1 : 0
+
+  domain_name       = var.domain_name
+  validation_method = "DNS"
+
+  tags = var.tags
+
+  lifecycle {
+    create_before_destroy = true
+
+    precondition {
+      condition     = var.domain_name != ""
+      error_message = "domain_name is required with route53_zone_id (the certificate is issued for it)."
+    }
+  }
+}
+
+resource "aws_route53_record" "validation" {
+  for_each = {
+    for o in (local.create_certificate ? aws_acm_certificate.this[0].domain_validation_options : []) :
+    o.domain_name => o
+  }
+
+  zone_id         = var.route53_zone_id
+  name            = each.value.resource_record_name
+  type            = each.value.resource_record_type
+  records         = [each.value.resource_record_value]
+  ttl             = 300
+  allow_overwrite = true
+}
+
+resource "aws_acm_certificate_validation" "this" {
+  count = local.create_certificate ? 1 : 0
+
+  certificate_arn         = aws_acm_certificate.this[0].arn
+  validation_record_fqdns = [for r in aws_route53_record.validation : r.fqdn]
+}
+
+# The service's name, pointed at the load balancer.
+resource "aws_route53_record" "alias" {
+  count = var.route53_zone_id != "" && var.domain_name != "" ? 1 : 0
+
+  zone_id = var.route53_zone_id
+  name    = var.domain_name
+  type    = "A"
+
+  alias {
+    name                   = aws_lb.this.dns_name
+    zone_id                = aws_lb.this.zone_id
+    evaluate_target_health = true
+  }
 }
 
 # ----------------------------------------------------------- security group
@@ -33,9 +121,9 @@ resource "aws_security_group" "this" {
 }
 
 resource "aws_vpc_security_group_ingress_rule" "http" {
-  #checkov:skip=CKV_AWS_260:Public load balancer by design. Port 80 only answers a 301 to HTTPS when a certificate is configured, and is the documented bootstrap mode without one.
+  #checkov:skip=CKV_AWS_260:Public load balancer by design. Port 80 only answers a 301 to HTTPS, unless plaintext HTTP was explicitly allowed (allow_plaintext_http).
   security_group_id = aws_security_group.this.id
-  description       = "HTTP from the internet (redirected to HTTPS when a certificate is set)"
+  description       = "HTTP from the internet (redirected to HTTPS unless plaintext is allowed)"
   ip_protocol       = "tcp"
   from_port         = 80
   to_port           = 80
@@ -72,7 +160,6 @@ resource "aws_vpc_security_group_egress_rule" "targets" {
 # ------------------------------------------------------------ load balancer
 
 resource "aws_lb" "this" {
-  #checkov:skip=CKV2_AWS_20:With a certificate, port 80 only redirects to HTTPS (http_redirect); plain HTTP forwarding exists only in the documented no-certificate bootstrap mode.
   name               = var.name
   load_balancer_type = "application"
   internal           = false
@@ -112,10 +199,10 @@ resource "aws_lb_target_group" "this" {
     protocol            = "HTTP"
     port                = "traffic-port"
     matcher             = "200"
-    interval            = 15
-    timeout             = 5
-    healthy_threshold   = 2
-    unhealthy_threshold = 3
+    interval            = var.health_check_interval
+    timeout             = var.health_check_timeout
+    healthy_threshold   = var.health_check_healthy_threshold
+    unhealthy_threshold = var.health_check_unhealthy_threshold
   }
 
   tags = var.tags
@@ -128,7 +215,7 @@ resource "aws_lb_listener" "https" {
   port              = 443
   protocol          = "HTTPS"
   ssl_policy        = var.ssl_policy
-  certificate_arn   = var.certificate_arn
+  certificate_arn   = local.certificate_arn
 
   default_action {
     type             = "forward"
@@ -138,42 +225,39 @@ resource "aws_lb_listener" "https" {
   tags = var.tags
 }
 
-resource "aws_lb_listener" "http_redirect" {
-  count = local.https ? 1 : 0
-
+# The one port-80 listener: its action, not its existence, depends on the mode,
+# so switching HTTPS on changes it in place (two listeners swapped by count
+# could race into DuplicateListener).
+resource "aws_lb_listener" "http" {
+  #checkov:skip=CKV_AWS_2:Port 80 answers a 301 to HTTPS; it forwards plain HTTP only when allow_plaintext_http is set explicitly (a precondition refuses it otherwise).
+  #checkov:skip=CKV_AWS_103:Same listener: TLS is the HTTPS listener's, with a TLS 1.2+/1.3 policy.
   load_balancer_arn = aws_lb.this.arn
   port              = 80
   protocol          = "HTTP"
 
   default_action {
-    type = "redirect"
+    type             = local.https ? "redirect" : "forward"
+    target_group_arn = local.https ? null : aws_lb_target_group.this.arn
 
-    redirect {
-      port        = "443"
-      protocol    = "HTTPS"
-      status_code = "HTTP_301"
+    dynamic "redirect" {
+      for_each = local.https ? [1] : []
+
+      content {
+        port        = "443"
+        protocol    = "HTTPS"
+        status_code = "HTTP_301"
+      }
     }
   }
 
   tags = var.tags
-}
 
-resource "aws_lb_listener" "http_forward" {
-  #checkov:skip=CKV_AWS_2:Created only when no certificate_arn is given (documented bootstrap mode); with a certificate port 80 is the http_redirect listener.
-  #checkov:skip=CKV_AWS_103:Same listener: plain HTTP exists only without a certificate; the HTTPS listener uses a TLS 1.2+/1.3 policy.
-  #checkov:skip=CKV2_AWS_20:Same listener: the redirect to HTTPS is http_redirect, used whenever a certificate is configured.
-  count = local.https ? 0 : 1
-
-  load_balancer_arn = aws_lb.this.arn
-  port              = 80
-  protocol          = "HTTP"
-
-  default_action {
-    type             = "forward"
-    target_group_arn = aws_lb_target_group.this.arn
+  lifecycle {
+    precondition {
+      condition     = local.https || var.allow_plaintext_http
+      error_message = "HTTPS needs certificate_arn, or route53_zone_id and domain_name to create one. Plain HTTP (tokens in clear) only with allow_plaintext_http = true."
+    }
   }
-
-  tags = var.tags
 }
 
 # ------------------------------------------------------------- access logs
@@ -182,7 +266,7 @@ resource "aws_s3_bucket" "logs" {
   #checkov:skip=CKV_AWS_145:ALB access log delivery supports only SSE-S3 (AES256) buckets, not SSE-KMS.
   #checkov:skip=CKV_AWS_18:This is the access-log bucket itself; logging it into itself would loop.
   #checkov:skip=CKV_AWS_144:Access logs are operational data kept 90 days; cross-region replication would double cost without a recovery need.
-  bucket        = "${var.name}-logs-${local.account_id}-${data.aws_region.current.name}"
+  bucket        = "${var.name}-logs-${local.account_id}-${local.region}"
   force_destroy = var.force_destroy_log_bucket
 
   tags = var.tags
@@ -255,19 +339,6 @@ resource "aws_s3_bucket_notification" "logs" {
 
 data "aws_iam_policy_document" "logs_bucket" {
   statement {
-    sid     = "ElbLogDeliveryLegacyRegions"
-    actions = ["s3:PutObject"]
-    resources = [
-      "${aws_s3_bucket.logs.arn}/${local.log_prefix}/AWSLogs/${local.account_id}/*",
-    ]
-
-    principals {
-      type        = "AWS"
-      identifiers = [data.aws_elb_service_account.current.arn]
-    }
-  }
-
-  statement {
     sid     = "ElbLogDelivery"
     actions = ["s3:PutObject"]
     resources = [
@@ -277,6 +348,23 @@ data "aws_iam_policy_document" "logs_bucket" {
     principals {
       type        = "Service"
       identifiers = ["logdelivery.elasticloadbalancing.amazonaws.com"]
+    }
+  }
+
+  dynamic "statement" {
+    for_each = local.elb_log_account == "" ? [] : [local.elb_log_account]
+
+    content {
+      sid     = "ElbLogDeliveryRegionsBeforeAugust2022"
+      actions = ["s3:PutObject"]
+      resources = [
+        "${aws_s3_bucket.logs.arn}/${local.log_prefix}/AWSLogs/${local.account_id}/*",
+      ]
+
+      principals {
+        type        = "AWS"
+        identifiers = ["arn:${data.aws_partition.current.partition}:iam::${statement.value}:root"]
+      }
     }
   }
 

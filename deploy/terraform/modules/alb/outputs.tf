@@ -19,13 +19,13 @@ output "zone_id" {
 }
 
 output "https_enabled" {
-  description = "Whether the load balancer terminates HTTPS (a certificate was given)."
+  description = "Whether the load balancer terminates HTTPS (a certificate was given or created)."
   value       = local.https
 }
 
 output "url" {
   description = "Base URL of the service through the load balancer."
-  value       = "${local.https ? "https" : "http"}://${aws_lb.this.dns_name}"
+  value       = "${local.https ? "https" : "http"}://${var.domain_name != "" ? var.domain_name : aws_lb.this.dns_name}"
 }
 
 output "security_group_id" {
@@ -44,8 +44,8 @@ output "target_group_arn_suffix" {
 }
 
 output "listener_arn" {
-  description = "ARN of the listener that forwards to the target group (HTTPS, or HTTP without a certificate)."
-  value       = local.https ? aws_lb_listener.https[0].arn : aws_lb_listener.http_forward[0].arn
+  description = "ARN of the listener that forwards to the target group (HTTPS, or HTTP in the opted-in plaintext mode)."
+  value       = local.https ? aws_lb_listener.https[0].arn : aws_lb_listener.http.arn
 }
 
 output "log_bucket_id" {

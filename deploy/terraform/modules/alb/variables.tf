@@ -34,7 +34,7 @@ variable "public_subnet_ids" {
 }
 
 variable "certificate_arn" {
-  description = "ARN of an ACM certificate for HTTPS. Empty: the load balancer serves plain HTTP on port 80 only (bootstrap/test; see docs/DEPLOY.md)."
+  description = "ARN of an issued ACM certificate for HTTPS. Empty: one is created when route53_zone_id is set; otherwise allow_plaintext_http must be set."
   type        = string
   default     = ""
 
@@ -42,6 +42,29 @@ variable "certificate_arn" {
     condition     = var.certificate_arn == "" || can(regex("^arn:aws[a-z-]*:acm:[a-z0-9-]+:[0-9]{12}:certificate/.+$", var.certificate_arn))
     error_message = "certificate_arn must be empty or an ACM certificate ARN."
   }
+}
+
+variable "domain_name" {
+  description = "Name the service answers on (e.g. users.example.com). With route53_zone_id: the created certificate's name and an alias record to the load balancer."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = var.domain_name == "" || can(regex("^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\\.)+[a-z]{2,63}$", var.domain_name))
+    error_message = "domain_name must be empty or a lowercase DNS name such as users.example.com."
+  }
+}
+
+variable "route53_zone_id" {
+  description = "Route 53 hosted zone holding domain_name. Set with an empty certificate_arn: the module requests an ACM certificate and validates it through DNS in this zone."
+  type        = string
+  default     = ""
+}
+
+variable "allow_plaintext_http" {
+  description = "Explicit opt-in to serving plain HTTP on port 80 when no certificate is given or created (tokens cross the network in clear: tests and bootstrap only)."
+  type        = bool
+  default     = false
 }
 
 variable "ssl_policy" {
@@ -65,6 +88,50 @@ variable "health_check_path" {
   description = "Path of the target group's health check. /health is liveness through nginx to the API, without a database call, so a database outage does not make ECS replace every task."
   type        = string
   default     = "/health"
+}
+
+variable "health_check_interval" {
+  description = "Seconds between two health checks of a target."
+  type        = number
+  default     = 15
+
+  validation {
+    condition     = var.health_check_interval >= 5 && var.health_check_interval <= 300
+    error_message = "health_check_interval must be between 5 and 300 seconds."
+  }
+}
+
+variable "health_check_timeout" {
+  description = "Seconds without an answer after which a health check fails (below the interval)."
+  type        = number
+  default     = 5
+
+  validation {
+    condition     = var.health_check_timeout >= 2 && var.health_check_timeout < var.health_check_interval
+    error_message = "health_check_timeout must be at least 2 seconds and below health_check_interval."
+  }
+}
+
+variable "health_check_healthy_threshold" {
+  description = "Passing checks in a row that put a target in service."
+  type        = number
+  default     = 2
+
+  validation {
+    condition     = var.health_check_healthy_threshold >= 2 && var.health_check_healthy_threshold <= 10
+    error_message = "health_check_healthy_threshold must be between 2 and 10."
+  }
+}
+
+variable "health_check_unhealthy_threshold" {
+  description = "Failing checks in a row that take a target out of service."
+  type        = number
+  default     = 3
+
+  validation {
+    condition     = var.health_check_unhealthy_threshold >= 2 && var.health_check_unhealthy_threshold <= 10
+    error_message = "health_check_unhealthy_threshold must be between 2 and 10."
+  }
 }
 
 variable "idle_timeout" {

@@ -42,3 +42,13 @@ output "flow_log_group_name" {
   description = "Name of the CloudWatch log group holding the VPC flow logs."
   value       = aws_cloudwatch_log_group.flow_logs.name
 }
+
+output "endpoint_security_group_id" {
+  description = "Security group of the interface endpoints (the tasks' HTTPS egress goes to it)."
+  value       = aws_security_group.endpoints.id
+}
+
+output "s3_prefix_list_id" {
+  description = "Prefix list of the S3 gateway endpoint (ECR image layers come from S3)."
+  value       = aws_vpc_endpoint.s3.prefix_list_id
+}

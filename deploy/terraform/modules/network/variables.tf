@@ -68,3 +68,14 @@ variable "tags" {
   type        = map(string)
   default     = {}
 }
+
+variable "interface_endpoints" {
+  description = "AWS services reached through interface endpoints in the private subnets (what the tasks call: image pulls, logs, secrets)."
+  type        = list(string)
+  default     = ["ecr.api", "ecr.dkr", "logs", "secretsmanager"]
+
+  validation {
+    condition     = alltrue([for e in var.interface_endpoints : can(regex("^[a-z0-9.-]+$", e))])
+    error_message = "interface_endpoints holds service names such as ecr.api or secretsmanager."
+  }
+}

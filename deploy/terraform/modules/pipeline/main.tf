@@ -218,10 +218,18 @@ data "aws_iam_policy_document" "codebuild" {
     resources = var.repository_arns
   }
 
+  # The stack's key also guards the database and the JWT secret: the build may
+  # use it only through S3 (artifacts, build output), never to decrypt those.
   statement {
-    sid       = "ProjectKey"
+    sid       = "ProjectKeyThroughS3"
     actions   = ["kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey*", "kms:DescribeKey"]
     resources = [var.kms_key_arn]
+
+    condition {
+      test     = "StringEquals"
+      variable = "kms:ViaService"
+      values   = ["s3.${local.region}.amazonaws.com"]
+    }
   }
 }
 
@@ -393,10 +401,17 @@ data "aws_iam_policy_document" "codepipeline" {
     }
   }
 
+  # Artifacts only: the key through S3, never directly.
   statement {
-    sid       = "ArtifactKey"
+    sid       = "ArtifactKeyThroughS3"
     actions   = ["kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey*", "kms:DescribeKey"]
     resources = [var.kms_key_arn]
+
+    condition {
+      test     = "StringEquals"
+      variable = "kms:ViaService"
+      values   = ["s3.${local.region}.amazonaws.com"]
+    }
   }
 
   statement {

@@ -1,5 +1,6 @@
 # ECR repositories: tags are immutable (a commit SHA names exactly one image,
-# forever), every push is scanned, old images expire.
+# forever), old images expire, and Inspector's enhanced scanning checks every
+# push and keeps rescanning the images as new vulnerabilities are published.
 
 resource "aws_ecr_repository" "this" {
   for_each = var.repositories
@@ -50,4 +51,22 @@ resource "aws_ecr_lifecycle_policy" "this" {
       },
     ]
   })
+}
+
+# Enhanced scanning is a setting of the account's registry in this region (one
+# per registry): the rule covers this stack's repositories. Set
+# enhanced_scanning = false where the registry's scanning is managed elsewhere.
+resource "aws_ecr_registry_scanning_configuration" "this" {
+  count = var.enhanced_scanning ? 1 : 0
+
+  scan_type = "ENHANCED"
+
+  rule {
+    scan_frequency = "CONTINUOUS_SCAN"
+
+    repository_filter {
+      filter      = "${var.name}/*"
+      filter_type = "WILDCARD"
+    }
+  }
 }

@@ -41,6 +41,12 @@ variable "untagged_expiry_days" {
   }
 }
 
+variable "enhanced_scanning" {
+  description = "Amazon Inspector enhanced scanning (OS and language packages, continuous rescans) for this stack's repositories; false keeps ECR's basic scan on push."
+  type        = bool
+  default     = true
+}
+
 variable "force_delete" {
   description = "Allow terraform destroy to delete repositories that still hold images."
   type        = bool

@@ -329,11 +329,36 @@ resource "aws_vpc_security_group_ingress_rule" "from_alb" {
   tags = var.tags
 }
 
-# HTTPS out (through NAT/S3 endpoint) for ECR, Secrets Manager, CloudWatch Logs
-# and, with Cognito, the JWKS endpoint.
-resource "aws_vpc_security_group_egress_rule" "https" {
+# HTTPS out only to the interface endpoints (ECR, Secrets Manager, CloudWatch
+# Logs) and the S3 gateway (image layers); with an external JWKS, to the
+# internet as well (the identity provider's keys).
+resource "aws_vpc_security_group_egress_rule" "endpoints" {
+  security_group_id            = aws_security_group.this.id
+  description                  = "HTTPS to the AWS interface endpoints (ECR, Secrets Manager, CloudWatch Logs)"
+  ip_protocol                  = "tcp"
+  from_port                    = 443
+  to_port                      = 443
+  referenced_security_group_id = var.endpoint_security_group_id
+
+  tags = var.tags
+}
+
+resource "aws_vpc_security_group_egress_rule" "s3" {
   security_group_id = aws_security_group.this.id
-  description       = "HTTPS to AWS APIs (ECR, Secrets Manager, CloudWatch Logs) and the JWKS endpoint"
+  description       = "HTTPS to S3 through the gateway endpoint (ECR image layers)"
+  ip_protocol       = "tcp"
+  from_port         = 443
+  to_port           = 443
+  prefix_list_id    = var.s3_prefix_list_id
+
+  tags = var.tags
+}
+
+resource "aws_vpc_security_group_egress_rule" "jwks" {
+  count = local.use_jwks ? 1 : 0
+
+  security_group_id = aws_security_group.this.id
+  description       = "HTTPS to the identity provider's JWKS (through the NAT gateway)"
   ip_protocol       = "tcp"
   from_port         = 443
   to_port           = 443
@@ -374,7 +399,7 @@ resource "aws_ecs_service" "this" {
   availability_zone_rebalancing = "ENABLED"
 
   deployment_minimum_healthy_percent = 100
-  deployment_maximum_percent         = 200
+  deployment_maximum_percent         = var.deployment_maximum_percent
   health_check_grace_period_seconds  = var.health_check_grace_period
 
   deployment_circuit_breaker {

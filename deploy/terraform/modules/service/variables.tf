@@ -45,6 +45,16 @@ variable "db_security_group_id" {
   type        = string
 }
 
+variable "endpoint_security_group_id" {
+  description = "Security group of the VPC's interface endpoints: the tasks' HTTPS egress to AWS APIs goes there."
+  type        = string
+}
+
+variable "s3_prefix_list_id" {
+  description = "Prefix list of the S3 gateway endpoint (ECR image layers)."
+  type        = string
+}
+
 variable "target_group_arn" {
   description = "Target group the proxy containers are registered in."
   type        = string
@@ -118,9 +128,9 @@ variable "task_memory" {
 }
 
 variable "min_capacity" {
-  description = "Minimum number of tasks (autoscaling floor, and the initial desired count)."
+  description = "Minimum number of tasks (autoscaling floor, and the initial desired count). Two or more: one task is a single point of failure."
   type        = number
-  default     = 1
+  default     = 2
 
   validation {
     condition     = var.min_capacity >= 1 && floor(var.min_capacity) == var.min_capacity
@@ -193,6 +203,17 @@ variable "stop_timeout" {
   validation {
     condition     = var.stop_timeout >= 2 && var.stop_timeout <= 120
     error_message = "stop_timeout must be between 2 and 120 seconds."
+  }
+}
+
+variable "deployment_maximum_percent" {
+  description = "Upper limit of running tasks during a deployment, in percent of the desired count (new tasks start before old ones stop)."
+  type        = number
+  default     = 200
+
+  validation {
+    condition     = var.deployment_maximum_percent >= 100 && var.deployment_maximum_percent <= 200
+    error_message = "deployment_maximum_percent must be between 100 and 200."
   }
 }
 
