@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 import urllib.parse
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ PEER_DIR = BENCH / "peers" / "fastapi"
 BIN_DIR = Path(os.environ.get("BENCH_BIN_DIR") or ROOT / "target" / "release")
 SERVICE_BIN = BIN_DIR / "users-api"
 HELLO_BIN = BIN_DIR / "examples" / "hello"
-ALL_SCENARIOS = ("health", "list", "post_sqlite", "post_pg", "full", "cold")
+ALL_SCENARIOS = ("health", "list", "post_sqlite", "post_pg", "full", "cold", "tracing_health", "tracing_post")
 
 # Variables of the service that must not leak in from the caller's environment.
 SERVICE_VARS = re.compile(
@@ -406,6 +407,20 @@ class Targets:
         return Server("users-api", [str(SERVICE_BIN), "serve"], env, port, "/ready",
                       self.s.run_dir / f"{tag}-users-api.log")
 
+    def traced_service(self, tag: str, database_url: str, sink: Server) -> Server:
+        """The service exporting traces at a 10 % ratio to `sink`, otherwise as `service`."""
+        server = self.service(tag, database_url)
+        server.name = "users-api-traced"
+        server.env |= {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink.port}",
+                       "OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.1"}
+        server.log_path = self.s.run_dir / f"{tag}-users-api-traced.log"
+        return server
+
+    def otlp_sink(self, tag: str) -> Server:
+        port = free_port()
+        return Server("otlp-sink", [sys.executable, str(LIB / "otlp_sink.py"), str(port)], clean_env(), port, "/",
+                      self.s.run_dir / f"{tag}-otlp-sink.log")
+
     def hello(self, tag: str) -> Server:
         port = free_port()
         return Server("hello", [str(HELLO_BIN)], clean_env(BIND_ADDR=f"127.0.0.1:{port}"), port, "/health",
@@ -482,6 +497,32 @@ def scenario_list(s: Settings, t: Targets) -> dict[str, Any]:
                                     "fastapi": t.peer("list", peer_db)}, "/users?limit=100")
     res["rows"] = s.list_rows
     return res
+
+
+def scenario_tracing(s: Settings, t: Targets, tag: str, path: str, script: str) -> dict[str, Any]:
+    """The same service with traces off and exporting at 10 %, interleaved in one run."""
+    off_db, traced_db = s.run_dir / f"{tag}.db", s.run_dir / f"{tag}-traced.db"
+    migrate_sqlite(off_db)
+    copy_db(off_db, traced_db)
+    sink = t.otlp_sink(tag)
+    sink.start()
+    try:
+        res = load_scenario(s, tag, {"users-api": t.service(tag, f"sqlite://{off_db}"),
+                                     "users-api-traced": t.traced_service(tag, f"sqlite://{traced_db}", sink)},
+                            path, script=script)
+        with urllib.request.urlopen(f"http://127.0.0.1:{sink.port}/", timeout=5) as r:
+            res["sink"] = r.read().decode().strip()
+    finally:
+        sink.stop()
+    return res
+
+
+def scenario_tracing_health(s: Settings, t: Targets) -> dict[str, Any]:
+    return scenario_tracing(s, t, "tracing_health", "/health", "report.lua")
+
+
+def scenario_tracing_post(s: Settings, t: Targets) -> dict[str, Any]:
+    return scenario_tracing(s, t, "tracing_post", "", "post_user.lua")
 
 
 def count_users(db: Path) -> int:
@@ -761,7 +802,8 @@ def main() -> int:
     t = Targets(s)
     t_start = time.perf_counter()
     runners = {"health": scenario_health, "list": scenario_list, "post_sqlite": scenario_post_sqlite,
-               "post_pg": scenario_post_pg, "full": scenario_full, "cold": scenario_cold}
+               "post_pg": scenario_post_pg, "full": scenario_full, "cold": scenario_cold,
+               "tracing_health": scenario_tracing_health, "tracing_post": scenario_tracing_post}
     for name in s.scenarios:
         log(f"scenario {name}")
         try:

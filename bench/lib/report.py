@@ -155,12 +155,15 @@ LOAD_SCENARIOS = [
     ("list", "GET /users?limit=100", ["users-api", "fastapi"]),
     ("post_sqlite", "POST /user, SQLite, a new email per request", ["users-api", "fastapi"]),
     ("post_pg", "POST /user, PostgreSQL, a new email per request", ["users-api", "pgbench"]),
+    ("tracing_health", "GET /health, traces off vs exported at 10 %", ["users-api", "users-api-traced"]),
+    ("tracing_post", "POST /user (SQLite), traces off vs exported at 10 %", ["users-api", "users-api-traced"]),
 ]
 TARGET_NAMES = {
     "users-api": "users-api",
     "hello": "hello (axum ceiling)",
     "fastapi": "FastAPI peer",
     "pgbench": "pgbench INSERT (PG ceiling)",
+    "users-api-traced": "users-api, traces at 10 % (OTLP/HTTP to a local sink)",
 }
 
 

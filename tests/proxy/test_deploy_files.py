@@ -32,8 +32,8 @@ API_DF = dockerfile("Dockerfile")
 PROXY_DF = dockerfile("proxy/Dockerfile")
 
 
-def test_compose_has_the_three_services_each_with_a_health_check():
-    assert set(SERVICES) == {"api", "proxy", "postgres"}
+def test_compose_has_the_four_services_each_with_a_health_check():
+    assert set(SERVICES) == {"api", "proxy", "postgres", "collector"}
     for name, svc in SERVICES.items():
         assert svc.get("healthcheck", {}).get("test"), f"{name} has no health check"
 
