@@ -278,6 +278,14 @@ module "service" {
   api_log_group_name   = module.observability.api_log_group_name
   proxy_log_group_name = module.observability.proxy_log_group_name
   log_group_arns       = module.observability.container_log_group_arns
+
+  # The collector sidecar (deploy/otel/collector-ecs.yaml).
+  collector_config         = file("${path.module}/../otel/collector-ecs.yaml")
+  collector_log_group_name = module.observability.collector_log_group_name
+  metrics_log_group_name   = module.observability.metrics_log_group_name
+  metrics_log_group_arn    = module.observability.metrics_log_group_arn
+  metrics_namespace        = module.observability.metrics_namespace
+  trace_sample_ratio       = var.trace_sample_ratio
   log_retention_days   = var.log_retention_days
   kms_key_arn          = aws_kms_key.this.arn
   tags                 = local.tags

@@ -433,3 +433,14 @@ variable "require_approval" {
   type        = bool
   default     = false
 }
+
+variable "trace_sample_ratio" {
+  description = "Share of new traces the API samples and the collector sends to X-Ray (a caller's sampled traceparent is always kept)."
+  type        = number
+  default     = 0.1
+
+  validation {
+    condition     = var.trace_sample_ratio >= 0 && var.trace_sample_ratio <= 1
+    error_message = "trace_sample_ratio must be between 0 and 1."
+  }
+}

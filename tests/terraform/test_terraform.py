@@ -234,7 +234,14 @@ def test_task_definition_matches_the_contract():
     ):
         assert needle in text, needle
     assert text.count("essential = true") == 2
-    assert text.count("readonlyRootFilesystem = true") == 2
+    # the collector sidecar: never essential, bounded, pinned, its own logs
+    for needle in ('name = "collector"', "essential = false", "memory = var.collector_memory",
+                   "cpu = var.collector_cpu", "image = var.collector_image",
+                   '"AOT_CONFIG_CONTENT", value = var.collector_config',
+                   '"OTEL_EXPORTER_OTLP_ENDPOINT", value = "http://127.0.0.1:4318"',
+                   'awslogs-group = var.collector_log_group_name'):
+        assert needle in text, needle
+    assert text.count("readonlyRootFilesystem = true") == 3
     # secrets never travel as plain environment values
     assert not re.search(r'name = "(DATABASE_PASSWORD|AUTH_JWT_SECRET)", value =', text)
     # the URL never carries a password

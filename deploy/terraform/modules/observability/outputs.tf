@@ -19,8 +19,12 @@ output "codebuild_log_group_name" {
 }
 
 output "container_log_group_arns" {
-  description = "ARNs of the api and proxy log groups."
-  value       = [aws_cloudwatch_log_group.this["api"].arn, aws_cloudwatch_log_group.this["proxy"].arn]
+  description = "ARNs of the api, proxy and collector log groups."
+  value = [
+    aws_cloudwatch_log_group.this["api"].arn,
+    aws_cloudwatch_log_group.this["proxy"].arn,
+    aws_cloudwatch_log_group.collector.arn,
+  ]
 }
 
 output "codebuild_log_group_arn" {
@@ -31,4 +35,29 @@ output "codebuild_log_group_arn" {
 output "dashboard_name" {
   description = "Name of the CloudWatch dashboard."
   value       = aws_cloudwatch_dashboard.this.dashboard_name
+}
+
+output "collector_log_group_name" {
+  description = "Log group of the collector sidecar's own output."
+  value       = aws_cloudwatch_log_group.collector.name
+}
+
+output "metrics_log_group_name" {
+  description = "Log group the collector writes EMF events to."
+  value       = aws_cloudwatch_log_group.emf.name
+}
+
+output "metrics_log_group_arn" {
+  description = "ARN of the EMF log group (the task role may write only there)."
+  value       = aws_cloudwatch_log_group.emf.arn
+}
+
+output "metrics_namespace" {
+  description = "CloudWatch namespace of the service's own metrics."
+  value       = var.metrics_namespace
+}
+
+output "service_dashboard_name" {
+  description = "Name of the dashboard of the service's own signals."
+  value       = aws_cloudwatch_dashboard.service_signals.dashboard_name
 }

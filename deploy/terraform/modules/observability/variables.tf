@@ -147,3 +147,73 @@ variable "tags" {
   type        = map(string)
   default     = {}
 }
+
+variable "metrics_namespace" {
+  description = "CloudWatch namespace of the service's own metrics (the collector's EMF output and the latency metric filter)."
+  type        = string
+  default     = "users-api"
+
+  validation {
+    condition     = can(regex("^[A-Za-z0-9._/#:-]{1,255}$", var.metrics_namespace)) && !startswith(var.metrics_namespace, "AWS/")
+    error_message = "metrics_namespace must be 1-255 of letters, digits and . _ / # : -, and not start with AWS/."
+  }
+}
+
+variable "metrics_log_retention_days" {
+  description = "Retention of the EMF log group (the metrics themselves are kept by CloudWatch for 15 months)."
+  type        = number
+  default     = 7
+
+  validation {
+    condition     = contains([1, 3, 5, 7, 14, 30, 60, 90], var.metrics_log_retention_days)
+    error_message = "metrics_log_retention_days must be one of 1, 3, 5, 7, 14, 30, 60, 90."
+  }
+}
+
+variable "shed_503_percent" {
+  description = "Alarm when more than this percentage of the API's answers are 503 (3 of 5 minutes)."
+  type        = number
+  default     = 1
+
+  validation {
+    condition     = var.shed_503_percent > 0 && var.shed_503_percent < 100
+    error_message = "shed_503_percent must be between 0 and 100."
+  }
+}
+
+variable "pool_in_use_percent" {
+  description = "Alarm when a task's database pool is more than this percentage in use for 5 minutes."
+  type        = number
+  default     = 90
+
+  validation {
+    condition     = var.pool_in_use_percent > 0 && var.pool_in_use_percent <= 100
+    error_message = "pool_in_use_percent must be in (0, 100]."
+  }
+}
+
+variable "latency_p99_ms_by_route" {
+  description = "p99 latency alarm threshold per route template, in milliseconds, measured in the API."
+  type        = map(number)
+  default = {
+    "/user"       = 250
+    "/users/{id}" = 100
+    "/users"      = 500
+  }
+
+  validation {
+    condition     = alltrue([for route, ms in var.latency_p99_ms_by_route : contains(["/health", "/ready", "/users", "/users/{id}", "/user", "unmatched"], route) && ms > 0])
+    error_message = "latency_p99_ms_by_route keys must be route templates of the API (/health, /ready, /users, /users/{id}, /user, unmatched) and thresholds positive."
+  }
+}
+
+variable "write_batch_seconds" {
+  description = "Alarm when write batches take this long on average (3 of 5 minutes)."
+  type        = number
+  default     = 0.5
+
+  validation {
+    condition     = var.write_batch_seconds > 0
+    error_message = "write_batch_seconds must be positive."
+  }
+}

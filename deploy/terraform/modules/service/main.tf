@@ -40,6 +40,14 @@ locals {
       { name = "REQUEST_TIMEOUT_SECS", value = tostring(var.api_request_timeout_secs) },
       { name = "SHUTDOWN_GRACE_SECS", value = tostring(var.api_shutdown_grace_secs) },
     ],
+    # Traces to the collector sidecar (same task, loopback); the metrics
+    # listener stays on its default, 127.0.0.1:9100, where the sidecar scrapes.
+    [
+      { name = "OTEL_EXPORTER_OTLP_ENDPOINT", value = "http://127.0.0.1:4318" },
+      { name = "OTEL_SERVICE_NAME", value = var.name },
+      { name = "OTEL_TRACES_SAMPLER", value = "parentbased_traceidratio" },
+      { name = "OTEL_TRACES_SAMPLER_ARG", value = tostring(var.trace_sample_ratio) },
+    ],
     local.use_jwks ? [
       { name = "AUTH_JWKS_URL", value = var.auth_jwks_url },
       { name = "AUTH_ISSUER", value = var.auth_issuer },
@@ -121,6 +129,42 @@ locals {
           awslogs-stream-prefix = "proxy"
           mode                  = "non-blocking"
           max-buffer-size       = "25m"
+        }
+      }
+    },
+    {
+      # ADOT collector: scrapes the API's private /metrics into CloudWatch
+      # (EMF) and forwards its spans to X-Ray. Not essential: if it stops, the
+      # task keeps serving (spans are dropped and counted by the API, metrics
+      # pause). Nothing depends on it; it has its own CPU and memory bounds.
+      name                   = "collector"
+      image                  = var.collector_image
+      essential              = false
+      readonlyRootFilesystem = true
+      cpu                    = var.collector_cpu
+      memory                 = var.collector_memory
+      memoryReservation      = var.collector_memory_reservation
+      environment = [
+        { name = "AOT_CONFIG_CONTENT", value = var.collector_config },
+        { name = "METRICS_NAMESPACE", value = var.metrics_namespace },
+        { name = "METRICS_LOG_GROUP", value = var.metrics_log_group_name },
+        { name = "AWS_REGION", value = local.region },
+      ]
+      healthCheck = {
+        command     = ["CMD", "/healthcheck"]
+        interval    = 30
+        timeout     = 5
+        retries     = 3
+        startPeriod = 10
+      }
+      logConfiguration = {
+        logDriver = "awslogs"
+        options = {
+          awslogs-group         = var.collector_log_group_name
+          awslogs-region        = local.region
+          awslogs-stream-prefix = "collector"
+          mode                  = "non-blocking"
+          max-buffer-size       = "4m"
         }
       }
     },
@@ -260,13 +304,35 @@ resource "aws_iam_role_policy" "execution" {
   policy = data.aws_iam_policy_document.execution.json
 }
 
-# Task role: what the application itself may do in AWS. It needs nothing, so
-# the role carries no policy at all.
+# Task role: what the containers themselves may do in AWS. The API needs
+# nothing; the collector sidecar writes EMF events to its one log group and
+# sends trace segments to X-Ray.
 resource "aws_iam_role" "task" {
   name               = "${var.name}-task"
   assume_role_policy = data.aws_iam_policy_document.ecs_tasks_assume.json
 
   tags = var.tags
+}
+
+data "aws_iam_policy_document" "task" {
+  statement {
+    sid       = "WriteEmfMetrics"
+    actions   = ["logs:CreateLogStream", "logs:DescribeLogStreams", "logs:PutLogEvents"]
+    resources = [var.metrics_log_group_arn, "${var.metrics_log_group_arn}:log-stream:*"]
+  }
+
+  statement {
+    #checkov:skip=CKV_AWS_356:X-Ray's PutTraceSegments and PutTelemetryRecords have no resource-level permissions; AWS requires "*".
+    sid       = "SendTraces"
+    actions   = ["xray:PutTraceSegments", "xray:PutTelemetryRecords"]
+    resources = ["*"]
+  }
+}
+
+resource "aws_iam_role_policy" "task" {
+  name   = "collector-metrics-traces"
+  role   = aws_iam_role.task.id
+  policy = data.aws_iam_policy_document.task.json
 }
 
 # ------------------------------------------------------------ task + service

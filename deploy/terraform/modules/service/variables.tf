@@ -400,3 +400,83 @@ variable "tags" {
   type        = map(string)
   default     = {}
 }
+
+variable "collector_image" {
+  description = "AWS Distro for OpenTelemetry collector image, pinned by version."
+  type        = string
+  default     = "public.ecr.aws/aws-observability/aws-otel-collector:v0.47.0"
+
+  validation {
+    condition     = can(regex(":v[0-9]+\\.[0-9]+\\.[0-9]+$", var.collector_image)) || can(regex("@sha256:[0-9a-f]{64}$", var.collector_image))
+    error_message = "collector_image must be pinned: a :vX.Y.Z tag or an @sha256 digest."
+  }
+}
+
+variable "collector_config" {
+  description = "The collector's configuration (YAML), passed in AOT_CONFIG_CONTENT (deploy/otel/collector-ecs.yaml)."
+  type        = string
+}
+
+variable "collector_cpu" {
+  description = "CPU units reserved for the collector sidecar (1024 = one vCPU)."
+  type        = number
+  default     = 128
+
+  validation {
+    condition     = var.collector_cpu >= 64 && var.collector_cpu <= 512
+    error_message = "collector_cpu must be between 64 and 512."
+  }
+}
+
+variable "collector_memory" {
+  description = "Hard memory limit of the collector sidecar, in MiB (its memory_limiter stops accepting data below it)."
+  type        = number
+  default     = 256
+
+  validation {
+    condition     = var.collector_memory >= 128 && var.collector_memory <= 1024
+    error_message = "collector_memory must be between 128 and 1024 MiB."
+  }
+}
+
+variable "collector_memory_reservation" {
+  description = "Memory reserved for the collector sidecar, in MiB."
+  type        = number
+  default     = 96
+
+  validation {
+    condition     = var.collector_memory_reservation >= 32 && var.collector_memory_reservation <= var.collector_memory
+    error_message = "collector_memory_reservation must be at least 32 and at most collector_memory."
+  }
+}
+
+variable "collector_log_group_name" {
+  description = "Log group of the collector container's own output."
+  type        = string
+}
+
+variable "metrics_log_group_name" {
+  description = "Log group the collector writes EMF events to."
+  type        = string
+}
+
+variable "metrics_log_group_arn" {
+  description = "ARN of the EMF log group: the only log group the task role may write to."
+  type        = string
+}
+
+variable "metrics_namespace" {
+  description = "CloudWatch namespace of the service's own metrics."
+  type        = string
+}
+
+variable "trace_sample_ratio" {
+  description = "Share of new traces sampled (OTEL_TRACES_SAMPLER_ARG, parent-based: a caller's decision is kept)."
+  type        = number
+  default     = 0.1
+
+  validation {
+    condition     = var.trace_sample_ratio >= 0 && var.trace_sample_ratio <= 1
+    error_message = "trace_sample_ratio must be between 0 and 1."
+  }
+}
