@@ -280,6 +280,8 @@ module "service" {
   log_group_arns       = module.observability.container_log_group_arns
 
   # The collector sidecar (deploy/otel/collector-ecs.yaml).
+  collector_image          = "${module.registry.ecr_public_mirror}/aws-observability/aws-otel-collector:${var.collector_version}"
+  mirrored_repository_arns = module.registry.ecr_public_mirror_repository_arns
   collector_config         = file("${path.module}/../otel/collector-ecs.yaml")
   collector_log_group_name = module.observability.collector_log_group_name
   metrics_log_group_name   = module.observability.metrics_log_group_name

@@ -444,3 +444,14 @@ variable "trace_sample_ratio" {
     error_message = "trace_sample_ratio must be between 0 and 1."
   }
 }
+
+variable "collector_version" {
+  description = "Version tag of the AWS Distro for OpenTelemetry collector image (public.ecr.aws/aws-observability/aws-otel-collector), pulled through the registry's ECR Public mirror."
+  type        = string
+  default     = "v0.47.0"
+
+  validation {
+    condition     = can(regex("^v[0-9]+\\.[0-9]+\\.[0-9]+$", var.collector_version))
+    error_message = "collector_version must be a release tag such as v0.47.0 (never latest)."
+  }
+}

@@ -273,6 +273,19 @@ data "aws_iam_policy_document" "execution" {
     resources = var.repository_arns
   }
 
+  # The collector image, mirrored from ECR Public on first pull (registry module).
+  statement {
+    sid = "PullMirroredImages"
+    actions = [
+      "ecr:BatchCheckLayerAvailability",
+      "ecr:BatchGetImage",
+      "ecr:BatchImportUpstreamImage",
+      "ecr:CreateRepository",
+      "ecr:GetDownloadUrlForLayer",
+    ]
+    resources = var.mirrored_repository_arns
+  }
+
   statement {
     sid       = "WriteContainerLogs"
     actions   = ["logs:CreateLogStream", "logs:PutLogEvents"]

@@ -402,9 +402,8 @@ variable "tags" {
 }
 
 variable "collector_image" {
-  description = "AWS Distro for OpenTelemetry collector image, pinned by version."
+  description = "AWS Distro for OpenTelemetry collector image, pinned by version (the root passes it through the registry's ECR Public mirror)."
   type        = string
-  default     = "public.ecr.aws/aws-observability/aws-otel-collector:v0.47.0"
 
   validation {
     condition     = can(regex(":v[0-9]+\\.[0-9]+\\.[0-9]+$", var.collector_image)) || can(regex("@sha256:[0-9a-f]{64}$", var.collector_image))
@@ -479,4 +478,9 @@ variable "trace_sample_ratio" {
     condition     = var.trace_sample_ratio >= 0 && var.trace_sample_ratio <= 1
     error_message = "trace_sample_ratio must be between 0 and 1."
   }
+}
+
+variable "mirrored_repository_arns" {
+  description = "Repositories of the registry's ECR Public mirror the execution role may pull (and create on first pull) the collector image from."
+  type        = list(string)
 }
