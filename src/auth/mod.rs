@@ -47,8 +47,6 @@ pub enum AuthError {
     Missing,
     #[error("the bearer token is invalid or expired")]
     Invalid,
-    #[error("the token lacks the scope {0}")]
-    InsufficientScope(&'static str),
     #[error("the token's signing keys cannot be fetched right now")]
     KeysUnavailable,
 }

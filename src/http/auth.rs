@@ -16,9 +16,9 @@ pub async fn require_scope(
     next: Next,
 ) -> Result<Response, ApiError> {
     let needed = if matches!(*request.method(), Method::GET | Method::HEAD) { SCOPE_READ } else { SCOPE_WRITE };
-    let token = bearer_token(&request).ok_or(ApiError::Unauthorized(AuthError::Missing))?;
+    let token = bearer_token(&request).ok_or(AuthError::Missing)?;
     // The token itself is never logged; only the outcome is.
-    let claims = authenticator.verify(token).await.map_err(ApiError::Unauthorized)?;
+    let claims = authenticator.verify(token).await?;
     if !claims.has_scope(needed) {
         return Err(ApiError::Forbidden { scope: needed });
     }

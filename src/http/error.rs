@@ -52,8 +52,9 @@ pub enum ApiError {
     StreamsBusy { retry_after_secs: u32 },
     #[error("the request took too long to process")]
     Timeout,
-    #[error("{0}")]
-    Unauthorized(AuthError),
+    /// `challenge` is the `WWW-Authenticate` value (RFC 6750 §3).
+    #[error("{detail}")]
+    Unauthorized { detail: String, challenge: &'static str },
     #[error("this operation needs the scope {scope}")]
     Forbidden { scope: &'static str },
     #[error("too many requests; retry after {retry_after_secs} s")]
@@ -76,75 +77,71 @@ struct Problem<'a> {
     request_id: Option<String>,
 }
 
+/// What a client is told about one kind of error.
+struct Shape {
+    status: StatusCode,
+    /// Stable, machine-readable identifier of the problem.
+    code: &'static str,
+    title: &'static str,
+}
+
 impl ApiError {
+    /// The one place each error is given its status, code and title.
+    fn shape(&self) -> Shape {
+        let (status, code, title) = match self {
+            Self::MalformedJson(_) => (StatusCode::BAD_REQUEST, "malformed_json", "Malformed JSON"),
+            Self::InvalidFields(_) => (StatusCode::BAD_REQUEST, "invalid_field", "Invalid request body"),
+            Self::InvalidQuery(_) => (StatusCode::BAD_REQUEST, "invalid_query", "Invalid query parameter"),
+            Self::EmailTaken => (StatusCode::BAD_REQUEST, "email_taken", "Email already registered"),
+            Self::BadRequest => (StatusCode::BAD_REQUEST, "bad_request", "Bad request"),
+            Self::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "Payload too large"),
+            Self::HeaderFieldsTooLarge => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "header_fields_too_large",
+                "Request header fields too large",
+            ),
+            Self::UriTooLong => (StatusCode::URI_TOO_LONG, "uri_too_long", "URI too long"),
+            Self::UnsupportedMediaType => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", "Unsupported media type")
+            }
+            Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found", "Not found"),
+            Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "Method not allowed"),
+            Self::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "service_unavailable", "Service unavailable"),
+            Self::StreamsBusy { .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, "list_streams_busy", "Too many full-list downloads")
+            }
+            Self::Timeout => (StatusCode::SERVICE_UNAVAILABLE, "timeout", "Request timed out"),
+            Self::Unauthorized { .. } => (StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized"),
+            Self::Forbidden { .. } => (StatusCode::FORBIDDEN, "insufficient_scope", "Forbidden"),
+            Self::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited", "Too many requests"),
+            Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "Internal server error"),
+        };
+        Shape { status, code, title }
+    }
+
     pub fn status(&self) -> StatusCode {
-        match self {
-            Self::MalformedJson(_)
-            | Self::InvalidFields(_)
-            | Self::InvalidQuery(_)
-            | Self::EmailTaken
-            | Self::BadRequest => StatusCode::BAD_REQUEST,
-            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::HeaderFieldsTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            Self::UriTooLong => StatusCode::URI_TOO_LONG,
-            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::NotFound(_) => StatusCode::NOT_FOUND,
-            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::Unavailable { .. } | Self::StreamsBusy { .. } | Self::Timeout => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            Self::Unauthorized(AuthError::KeysUnavailable) => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            Self::Forbidden { .. } => StatusCode::FORBIDDEN,
-            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-        }
+        self.shape().status
     }
 
     /// Stable, machine-readable identifier of the problem.
     pub fn code(&self) -> &'static str {
-        match self {
-            Self::MalformedJson(_) => "malformed_json",
-            Self::InvalidFields(_) => "invalid_field",
-            Self::InvalidQuery(_) => "invalid_query",
-            Self::EmailTaken => "email_taken",
-            Self::PayloadTooLarge { .. } => "payload_too_large",
-            Self::UnsupportedMediaType => "unsupported_media_type",
-            Self::BadRequest => "bad_request",
-            Self::HeaderFieldsTooLarge => "header_fields_too_large",
-            Self::UriTooLong => "uri_too_long",
-            Self::NotFound(_) => "not_found",
-            Self::MethodNotAllowed => "method_not_allowed",
-            Self::Unavailable { .. } => "service_unavailable",
-            Self::StreamsBusy { .. } => "list_streams_busy",
-            Self::Timeout => "timeout",
-            Self::Internal(_) => "internal_error",
-            Self::Unauthorized(AuthError::KeysUnavailable) => "service_unavailable",
-            Self::Unauthorized(_) => "unauthorized",
-            Self::Forbidden { .. } => "insufficient_scope",
-            Self::RateLimited { .. } => "rate_limited",
-        }
+        self.shape().code
     }
+}
 
-    pub fn title(&self) -> &'static str {
-        match self {
-            Self::MalformedJson(_) => "Malformed JSON",
-            Self::InvalidFields(_) => "Invalid request body",
-            Self::InvalidQuery(_) => "Invalid query parameter",
-            Self::EmailTaken => "Email already registered",
-            Self::PayloadTooLarge { .. } => "Payload too large",
-            Self::UnsupportedMediaType => "Unsupported media type",
-            Self::BadRequest => "Bad request",
-            Self::HeaderFieldsTooLarge => "Request header fields too large",
-            Self::UriTooLong => "URI too long",
-            Self::NotFound(_) => "Not found",
-            Self::MethodNotAllowed => "Method not allowed",
-            Self::Unavailable { .. } => "Service unavailable",
-            Self::StreamsBusy { .. } => "Too many full-list downloads",
-            Self::Timeout => "Request timed out",
-            Self::Internal(_) => "Internal server error",
-            Self::Unauthorized(AuthError::KeysUnavailable) => "Service unavailable",
-            Self::Unauthorized(_) => "Unauthorized",
-            Self::Forbidden { .. } => "Forbidden",
-            Self::RateLimited { .. } => "Too many requests",
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::Missing => Self::Unauthorized { detail: e.to_string(), challenge: "Bearer realm=\"users-api\"" },
+            AuthError::Invalid => Self::Unauthorized {
+                detail: e.to_string(),
+                challenge: "Bearer realm=\"users-api\", error=\"invalid_token\"",
+            },
+            // Nothing is wrong with the token: the service cannot check it yet.
+            AuthError::KeysUnavailable => {
+                tracing::warn!("JWKS signing keys unavailable");
+                Self::Unavailable { retry_after_secs: 5 }
+            }
         }
     }
 }
@@ -173,11 +170,11 @@ impl ApiError {
             Self::InvalidFields(errors) | Self::InvalidQuery(errors) => Some(errors.as_slice()),
             _ => None,
         };
-        let code = self.code();
+        let Shape { status, code, title } = self.shape();
         let problem = Problem {
             kind: format!("/problems/{}", code.replace('_', "-")),
-            title: self.title(),
-            status: self.status().as_u16(),
+            title,
+            status: status.as_u16(),
             detail: self.to_string(),
             code,
             errors,
@@ -206,17 +203,8 @@ impl IntoResponse for ApiError {
             Self::RateLimited { retry_after_secs } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
             }
-            Self::Unauthorized(AuthError::KeysUnavailable) => {
-                headers.insert(header::RETRY_AFTER, HeaderValue::from(5));
-            }
-            Self::Unauthorized(AuthError::Missing) => {
-                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"users-api\""));
-            }
-            Self::Unauthorized(_) => {
-                headers.insert(
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static("Bearer realm=\"users-api\", error=\"invalid_token\""),
-                );
+            Self::Unauthorized { challenge, .. } => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
             }
             Self::Forbidden { scope } => {
                 let challenge = format!("Bearer realm=\"users-api\", error=\"insufficient_scope\", scope=\"{scope}\"");
@@ -225,5 +213,29 @@ impl IntoResponse for ApiError {
             _ => {}
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auth_failures_map_to_a_challenge_or_to_retry_later() {
+        let missing = ApiError::from(AuthError::Missing).into_response();
+        assert_eq!(missing.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(missing.headers()[header::WWW_AUTHENTICATE], "Bearer realm=\"users-api\"");
+
+        let invalid = ApiError::from(AuthError::Invalid).into_response();
+        assert_eq!(invalid.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(invalid.headers()[header::WWW_AUTHENTICATE], "Bearer realm=\"users-api\", error=\"invalid_token\"");
+
+        // The token may be fine: the client is told to retry, not that it is refused.
+        let no_keys = ApiError::from(AuthError::KeysUnavailable);
+        assert_eq!(no_keys.code(), "service_unavailable");
+        let no_keys = no_keys.into_response();
+        assert_eq!(no_keys.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(no_keys.headers()[header::RETRY_AFTER], "5");
+        assert!(!no_keys.headers().contains_key(header::WWW_AUTHENTICATE));
     }
 }
