@@ -200,7 +200,8 @@ def test_task_egress_goes_to_endpoints_s3_and_the_database_only():
     assert tfcheck.first(egress["jwks"]["count"]) == "${local.use_jwks ? 1 : 0}"
     network = tfcheck.load_module(TF / "modules" / "network", "network")
     endpoints = tfcheck.first(network.variables["interface_endpoints"]["default"])
-    assert {"ecr.api", "ecr.dkr", "logs", "secretsmanager"} <= set(endpoints)
+    # logs: container logs and the collector's EMF metrics; xray: the collector's traces
+    assert {"ecr.api", "ecr.dkr", "logs", "secretsmanager", "xray"} <= set(endpoints)
 
 
 def test_production_defaults():

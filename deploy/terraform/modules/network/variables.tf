@@ -70,9 +70,9 @@ variable "tags" {
 }
 
 variable "interface_endpoints" {
-  description = "AWS services reached through interface endpoints in the private subnets (what the tasks call: image pulls, logs, secrets)."
+  description = "AWS services reached through interface endpoints in the private subnets (what the tasks call: image pulls, logs and EMF metrics, secrets, X-Ray for the collector's traces)."
   type        = list(string)
-  default     = ["ecr.api", "ecr.dkr", "logs", "secretsmanager"]
+  default     = ["ecr.api", "ecr.dkr", "logs", "secretsmanager", "xray"]
 
   validation {
     condition     = alltrue([for e in var.interface_endpoints : can(regex("^[a-z0-9.-]+$", e))])

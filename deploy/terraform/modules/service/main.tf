@@ -413,7 +413,7 @@ resource "aws_vpc_security_group_ingress_rule" "from_alb" {
 # internet as well (the identity provider's keys).
 resource "aws_vpc_security_group_egress_rule" "endpoints" {
   security_group_id            = aws_security_group.this.id
-  description                  = "HTTPS to the AWS interface endpoints (ECR, Secrets Manager, CloudWatch Logs)"
+  description                  = "HTTPS to the AWS interface endpoints (ECR, Secrets Manager, CloudWatch Logs, X-Ray)"
   ip_protocol                  = "tcp"
   from_port                    = 443
   to_port                      = 443
