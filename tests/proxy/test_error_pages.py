@@ -5,9 +5,13 @@ carry: every status nginx can produce goes through error_page."""
 from __future__ import annotations
 
 import json
+import os
+import random
 import re
 import socket
 import uuid
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -141,3 +145,79 @@ def test_a_write_cut_off_after_reaching_the_api_is_not_called_retryable(workdir)
         ngx.stop()
         hangup.close()
 
+
+def mutated_requests(seed: int, n: int) -> list[bytes]:
+    """Valid requests with bytes flipped, inserted, dropped or cut, plus header lines of random bytes."""
+    rng = random.Random(seed)
+    valid = [b"GET /users?limit=2 HTTP/1.1\r\nHost: t\r\n\r\n",
+             b"GET /users/1 HTTP/1.1\r\nHost: t\r\nAccept: application/json\r\n\r\n",
+             b'POST /user HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 44\r\n\r\n'
+             b'{"name":"Ada Lovelace","email":"a@ex.co.uk"}']
+    out = []
+    for _ in range(n):
+        raw = bytearray(rng.choice(valid))
+        kind = rng.randrange(4)
+        if kind == 0:
+            for _ in range(rng.randint(1, 4)):
+                raw[rng.randrange(len(raw))] = rng.randrange(256)
+        elif kind == 1:
+            at = rng.randrange(len(raw))
+            raw[at:at] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 8)))
+        elif kind == 2:
+            del raw[rng.randrange(len(raw))]
+        else:
+            line = bytes(rng.randrange(32, 256) for _ in range(rng.randint(1, 40)))
+            at = raw.index(b"\r\n") + 2
+            raw[at:at] = line + b"\r\n"
+        out.append(bytes(raw))
+    return out
+
+
+def answer_to(port: int, raw: bytes, source: str) -> bytes:
+    """What nginx sends back within 1 s (a request it still waits on gets no answer: b"")."""
+    with socket.socket() as s:
+        s.bind((source, 0))
+        s.settimeout(1.0)
+        s.connect(("127.0.0.1", port))
+        s.sendall(raw)
+        data = b""
+        try:
+            while part := s.recv(65536):
+                data += part
+                head, sep, body = data.partition(b"\r\n\r\n")
+                length = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+                if sep and length and len(body) >= int(length.group(1)):
+                    break
+        except (socket.timeout, ConnectionResetError):
+            pass
+    return data
+
+
+def test_malformed_requests_through_nginx_never_get_html_or_a_5xx(proxy):
+    # PROXY_FUZZ_SEED / PROXY_FUZZ_CASES vary the run
+    inputs = mutated_requests(seed=int(os.environ.get("PROXY_FUZZ_SEED", 11)),
+                              n=int(os.environ.get("PROXY_FUZZ_CASES", 400)))
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(lambda i: answer_to(proxy.port, inputs[i], f"127.0.4.{i % 200 + 1}"),
+                                range(len(inputs))))
+    statuses = Counter()
+    for raw, data in zip(inputs, answers):
+        if not data:
+            statuses["none"] += 1
+            continue
+        if not data.startswith(b"HTTP/1."):
+            # nginx read a request line without a version as HTTP/0.9: the answer is a bare body
+            assert b"<html" not in data.lower(), (raw, data[:200])
+            statuses["0.9"] += 1
+            continue
+        head, _, body = data.partition(b"\r\n\r\n")
+        status = int(head.split(b"\r\n", 1)[0].split()[1])
+        statuses[status] += 1
+        assert status < 500 or status == 505, (raw, data[:300])  # 505: a version nginx does not speak
+        if status >= 400:
+            assert re.search(rb"(?im)^content-type: application/problem\+json", head), (raw, data[:300])
+            length = int(re.search(rb"(?im)^content-length:\s*(\d+)", head).group(1))
+            doc = json.loads(body[:length])  # a mutated body may have made a second request
+            assert doc["status"] == status and doc["code"], (raw, body[:200])
+    assert statuses[400] > 50, statuses  # the mutations did reach nginx's parser
+    print("RELIABILITY malformed requests through nginx:", dict(sorted(statuses.items(), key=str)))

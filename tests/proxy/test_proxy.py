@@ -450,3 +450,13 @@ def test_what_the_api_receives(workdir):
     assert direct["x-real-ip"] == "127.0.0.50"
     assert direct["x-forwarded-proto"] == "http", "only the load balancer may claim https"
     assert re.fullmatch(r"[0-9a-f]{32}", direct["x-request-id"])
+
+
+def test_nginx_drops_an_idle_api_connection_before_the_api_does(proxy, api):
+    # otherwise nginx may send a request on a connection the API is closing
+    upstream = re.search(r"upstream users_api \{(.*?)\n    \}", proxy.rendered, re.S).group(1)
+    nginx_idle = seconds(upstream, "keepalive_timeout")
+    help_text = subprocess.run([api.proc.args[0], "serve", "--help"], capture_output=True, text=True, check=True).stdout
+    api_idle = re.search(r"\[env: KEEPALIVE_TIMEOUT_SECS=[^\]]*\]\s*\[default: (\d+)\]", help_text)
+    assert api_idle, "the API's KEEPALIVE_TIMEOUT_SECS default not in `users-api serve --help`"
+    assert nginx_idle < int(api_idle.group(1)), (nginx_idle, api_idle.group(1))
