@@ -181,6 +181,13 @@ pub struct AuthConfig {
     /// Clock skew tolerated on exp/nbf, in seconds (0–300).
     #[arg(long, env = "AUTH_LEEWAY_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=300))]
     pub auth_leeway_secs: u64,
+    /// Prefix of this resource server's scopes in the tokens (Cognito custom scopes:
+    /// `users-api/` makes `users-api/users:read` count as `users:read`).
+    #[arg(long, env = "AUTH_SCOPE_PREFIX")]
+    pub auth_scope_prefix: Option<String>,
+    /// Longest token lifetime accepted (`exp - iat`, or `exp` from now without `iat`), e.g. 1h, 24h.
+    #[arg(long, env = "AUTH_MAX_TOKEN_LIFETIME", default_value = "24h", value_parser = parse_ttl)]
+    pub auth_max_token_lifetime: Duration,
 }
 
 impl AuthConfig {
@@ -209,6 +216,16 @@ impl AuthConfig {
 
     pub fn leeway(&self) -> Duration {
         Duration::from_secs(self.auth_leeway_secs)
+    }
+
+    pub fn policy(&self) -> crate::auth::TokenPolicy {
+        crate::auth::TokenPolicy {
+            issuer: self.issuer().map(str::to_owned),
+            audience: self.audience().map(str::to_owned),
+            leeway: self.leeway(),
+            scope_prefix: non_empty(&self.auth_scope_prefix).map(str::to_owned),
+            max_lifetime: self.auth_max_token_lifetime,
+        }
     }
 }
 

@@ -99,14 +99,20 @@ fn token(config: &TokenConfig) -> anyhow::Result<String> {
         "the secret must be at least {} bytes",
         auth::MIN_SECRET_BYTES
     );
+    anyhow::ensure!(
+        config.ttl <= config.auth.auth_max_token_lifetime,
+        "--ttl is longer than AUTH_MAX_TOKEN_LIFETIME: the service would refuse the token"
+    );
     let now = auth::now();
     let claims = Claims {
         sub: Some(config.subject.clone()),
         exp: now + config.ttl.as_secs(),
         iat: Some(now),
         iss: config.auth.issuer().map(str::to_owned),
-        aud: config.auth.audience().map(str::to_owned),
+        aud: config.auth.audience().map(Into::into),
         scope: config.scope.clone(),
+        client_id: None,
+        token_use: None,
     };
     auth::mint(&secret, &claims)
 }

@@ -40,8 +40,7 @@ impl Application {
         }
         let authenticator = match config.auth.key_source()? {
             Some(source) => {
-                let auth = &config.auth;
-                let authenticator = Authenticator::new(source, auth.issuer(), auth.audience(), auth.leeway())?;
+                let authenticator = Authenticator::new(source, config.auth.policy())?;
                 authenticator.warm_up().await;
                 Some(Arc::new(authenticator))
             }

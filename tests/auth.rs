@@ -19,6 +19,8 @@ fn token(scope: &str, exp: u64, audience: &str, secret: &str) -> String {
         iss: Some(ISSUER.into()),
         aud: Some(audience.into()),
         scope: scope.into(),
+        client_id: None,
+        token_use: None,
     };
     mint(secret.as_bytes(), &claims).unwrap()
 }

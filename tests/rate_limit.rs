@@ -36,3 +36,33 @@ async fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_budget() {
     assert_eq!([get("203.0.113.1").await, get("203.0.113.1").await, get("203.0.113.1").await], [200, 200, 429]);
     assert_eq!(get("203.0.113.2").await, 200, "another client is not throttled by the first");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_cannot_pick_its_budget_with_a_forged_forwarded_for() {
+    let app = TestApp::spawn_with(
+        Backend::Sqlite,
+        &["--rate-limit-per-second", "1", "--rate-limit-burst", "2", "--trust-forwarded-for"],
+    )
+    .await;
+    // Each request forges a fresh first hop, in the same line and as an earlier line; the proxy
+    // appended 198.51.100.7 every time, so all of them spend that one budget.
+    let started = std::time::Instant::now();
+    let mut statuses = Vec::new();
+    for forged in 1..=8 {
+        let line = format!("10.0.0.{forged}, 198.51.100.7");
+        let request = app.client.get(app.url("/users?limit=1")).header("x-forwarded-for", line);
+        statuses.push(request.send().await.unwrap().status().as_u16());
+        let request = app
+            .client
+            .get(app.url("/users?limit=1"))
+            .header("x-forwarded-for", format!("10.1.0.{forged}"))
+            .header("x-forwarded-for", "198.51.100.7");
+        statuses.push(request.send().await.unwrap().status().as_u16());
+    }
+    // The burst, plus one per second the loop took (1/s refills); forged hops would add 8.
+    let allowed = 2 + started.elapsed().as_secs_f64().ceil() as usize;
+    let served = statuses.iter().filter(|s| **s == 200).count();
+    assert!(served <= allowed, "forged first hops got fresh budgets: {served} served, {statuses:?}");
+    assert!(statuses.iter().all(|s| *s == 200 || *s == 429), "{statuses:?}");
+    println!("forged X-Forwarded-For hops: {served} of {} served, {:?}", statuses.len(), started.elapsed());
+}

@@ -1,4 +1,6 @@
-//! A JWKS fetched over HTTPS, cached, refreshed periodically and on an unknown key id.
+//! A JWKS fetched over HTTPS, cached, refreshed periodically and on an unknown key id; one
+//! fetch at a time (single flight): requests that need fresh keys wait for the fetch in
+//! progress and use its result.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -6,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use jsonwebtoken::DecodingKey;
 use jsonwebtoken::jwk::JwkSet;
-use tokio::sync::RwLock;
+use tokio::sync::{Mutex, RwLock};
 
 use super::AuthError;
 
@@ -19,6 +21,8 @@ pub struct JwksCache {
     url: String,
     client: reqwest::Client,
     state: RwLock<State>,
+    /// Held for the length of a fetch.
+    fetching: Mutex<()>,
 }
 
 #[derive(Default)]
@@ -26,6 +30,14 @@ struct State {
     keys: HashMap<String, DecodingKey>,
     fetched_at: Option<Instant>,
     attempted_at: Option<Instant>,
+    last_fetch_failed: bool,
+}
+
+impl State {
+    /// At most one fetch per `MIN_REFRESH_INTERVAL` (an unknown kid cannot amplify).
+    fn may_refetch(&self) -> bool {
+        self.attempted_at.is_none_or(|t| t.elapsed() >= MIN_REFRESH_INTERVAL)
+    }
 }
 
 impl JwksCache {
@@ -36,11 +48,32 @@ impl JwksCache {
         );
         let client =
             reqwest::Client::builder().timeout(Duration::from_secs(5)).build().context("building the JWKS client")?;
-        Ok(Self { url, client, state: RwLock::new(State::default()) })
+        Ok(Self { url, client, state: RwLock::new(State::default()), fetching: Mutex::new(()) })
     }
 
+    /// The fetch at start. It does not count against `MIN_REFRESH_INTERVAL`, which limits the
+    /// fetches tokens trigger: a key rotated right after a deploy is still found at once.
     pub async fn refresh(&self) -> anyhow::Result<()> {
-        self.state.write().await.attempted_at = Some(Instant::now());
+        let _only_fetch = self.fetching.lock().await;
+        self.fetch(false).await
+    }
+
+    /// Call with `fetching` held.
+    async fn fetch(&self, triggered_by_a_token: bool) -> anyhow::Result<()> {
+        if triggered_by_a_token {
+            self.state.write().await.attempted_at = Some(Instant::now());
+        }
+        let outcome = self.fetch_keys().await;
+        let mut state = self.state.write().await;
+        state.last_fetch_failed = outcome.is_err();
+        let keys = outcome?;
+        tracing::info!(keys = keys.len(), "JWKS refreshed");
+        state.keys = keys;
+        state.fetched_at = Some(Instant::now());
+        Ok(())
+    }
+
+    async fn fetch_keys(&self) -> anyhow::Result<HashMap<String, DecodingKey>> {
         let set: JwkSet = self
             .client
             .get(&self.url)
@@ -51,16 +84,11 @@ impl JwksCache {
             .json()
             .await
             .context("parsing the JWKS")?;
-        let keys: HashMap<String, DecodingKey> = set
+        Ok(set
             .keys
             .iter()
             .filter_map(|jwk| Some((jwk.common.key_id.clone()?, DecodingKey::from_jwk(jwk).ok()?)))
-            .collect();
-        tracing::info!(keys = keys.len(), "JWKS refreshed");
-        let mut state = self.state.write().await;
-        state.keys = keys;
-        state.fetched_at = Some(Instant::now());
-        Ok(())
+            .collect())
     }
 
     pub async fn key_for(&self, kid: Option<&str>) -> Result<DecodingKey, AuthError> {
@@ -71,17 +99,23 @@ impl JwksCache {
             if fresh && let Some(key) = state.keys.get(kid) {
                 return Ok(key.clone());
             }
-            let may_refetch = state.attempted_at.is_none_or(|t| t.elapsed() >= MIN_REFRESH_INTERVAL);
-            if !may_refetch {
+            // Tried lately and no fetch in progress: what we hold is the answer.
+            if !state.may_refetch() && self.fetching.try_lock().is_ok() {
                 return state.keys.get(kid).cloned().ok_or(AuthError::Invalid);
             }
         }
-        if let Err(e) = self.refresh().await {
+        let _only_fetch = self.fetching.lock().await;
+        // Whoever held the lock before us may have just fetched: then their result is ours.
+        let may_refetch = self.state.read().await.may_refetch();
+        if may_refetch && let Err(e) = self.fetch(true).await {
             tracing::warn!(error = %e, "JWKS refresh failed");
-            // Keys we already hold stay usable while the issuer is unreachable.
-            let state = self.state.read().await;
-            return state.keys.get(kid).cloned().ok_or(AuthError::KeysUnavailable);
         }
-        self.state.read().await.keys.get(kid).cloned().ok_or(AuthError::Invalid)
+        let state = self.state.read().await;
+        match state.keys.get(kid) {
+            Some(key) => Ok(key.clone()),
+            // Keys we already hold stay usable while the issuer is unreachable.
+            None if state.last_fetch_failed => Err(AuthError::KeysUnavailable),
+            None => Err(AuthError::Invalid),
+        }
     }
 }

@@ -41,17 +41,19 @@ impl RateLimiter {
 
     fn client(&self, request: &Request) -> IpAddr {
         if self.trust_forwarded_for
-            && let Some(ip) = request
-                .headers()
-                .get("x-forwarded-for")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.rsplit(',').next())
-                .and_then(|hop| hop.trim().parse().ok())
+            && let Some(ip) = appended_hop(request)
         {
             return ip;
         }
         request.extensions().get::<ConnectInfo<SocketAddr>>().map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip())
     }
+}
+
+/// The address the trusted proxy appended: the rightmost hop of the last X-Forwarded-For line.
+/// Everything left of it, and any earlier line, came from the client and may be forged.
+fn appended_hop(request: &Request) -> Option<IpAddr> {
+    let last_line = request.headers().get_all("x-forwarded-for").iter().next_back()?;
+    last_line.to_str().ok()?.rsplit(',').next()?.trim().parse().ok()
 }
 
 pub async fn limit(
