@@ -5,6 +5,7 @@
 
 mod kit;
 
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -288,7 +289,10 @@ print(" ".join(f"{k.replace(' ', '|')}={v}" for k, v in sorted(outcomes.items())
         }
         outcomes.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")
     } else {
-        let out = Command::new("python3")
+        // The project's venv (scripts/test makes it, with requests) when there is one.
+        let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+        let python = if venv.is_file() { venv } else { PathBuf::from("python3") };
+        let out = Command::new(python)
             .args(["-c", script, client, url, &size.to_string(), &count.to_string()])
             .output()
             .expect("python3 runs (this test needs python3 with requests)");
