@@ -47,6 +47,16 @@ pub struct LogConfig {
     pub log_level: String,
 }
 
+impl LogConfig {
+    pub fn settings(&self) -> crate::telemetry::LogSettings {
+        let format = match self.log_format {
+            LogFormat::Text => crate::telemetry::LineFormat::Text,
+            LogFormat::Json => crate::telemetry::LineFormat::Json,
+        };
+        crate::telemetry::LogSettings { filter: self.log_level.clone(), format }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     /// Human-readable lines.

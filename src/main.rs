@@ -23,7 +23,7 @@ fn main() -> ExitCode {
         Some(Err(e)) => (None, Some(e)),
         None => (None, None),
     };
-    let _log_writer = telemetry::init_logging(&cli.logging, traces.as_ref());
+    let _log_writer = telemetry::init_logging(&cli.logging.settings(), traces.as_ref());
     if let Some(e) = traces_error {
         tracing::error!(error = format!("{e:#}"), "traces are off: the OTLP exporter cannot be configured");
     }

@@ -102,7 +102,8 @@ impl Application {
         };
         let router = app(state.clone(), guards);
         if let Some(metrics_listener) = metrics_listener {
-            let metrics = crate::telemetry::metrics_router(state.clone());
+            let pool_state = state.clone();
+            let metrics = crate::telemetry::metrics_router(move || pool_state.store.pool_status());
             tokio::spawn(async move {
                 if let Err(e) = axum::serve(metrics_listener, metrics).await {
                     tracing::error!(error = %e, "metrics listener failed");

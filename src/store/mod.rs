@@ -44,12 +44,7 @@ pub enum StoreError {
     Internal(#[from] anyhow::Error),
 }
 
-#[derive(Debug, Clone, Copy)]
-pub struct PoolStatus {
-    pub in_use: usize,
-    pub idle: usize,
-    pub max: usize,
-}
+pub use crate::telemetry::PoolStatus;
 
 /// The configured back end. An enum rather than a trait object: two variants, static dispatch.
 pub enum Store {

@@ -10,7 +10,20 @@ use tracing_subscriber::util::SubscriberInitExt;
 
 use super::json_lines::JsonLines;
 use super::traces::{SPAN_TARGET, TraceExport};
-use crate::config::{LogConfig, LogFormat};
+
+/// What the log lines look like and which of them are written.
+#[derive(Debug, Clone)]
+pub struct LogSettings {
+    /// A level (info, debug…) or tracing directives (users_api=debug,tower_http=info).
+    pub filter: String,
+    pub format: LineFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LineFormat {
+    Text,
+    Json,
+}
 
 /// Log lines that may wait for the writer thread (the crate's default, 128k, let a /health
 /// flood queue 30 MB of lines).
@@ -21,9 +34,9 @@ const LOG_QUEUE_LINES: usize = 8 * 1024;
 /// when it falls behind by LOG_QUEUE_LINES. Keep the guard until exit: dropping it flushes what is queued.
 /// With `traces`, the spans of `SPAN_TARGET` go to it whatever the log level; without, they are off.
 #[must_use = "dropping the guard stops the log writer"]
-pub fn init_logging(config: &LogConfig, traces: Option<&TraceExport>) -> WorkerGuard {
-    let filter = EnvFilter::try_new(&config.log_level).unwrap_or_else(|e| {
-        eprintln!("invalid LOG_LEVEL {:?} ({e}); using info", config.log_level);
+pub fn init_logging(settings: &LogSettings, traces: Option<&TraceExport>) -> WorkerGuard {
+    let filter = EnvFilter::try_new(&settings.filter).unwrap_or_else(|e| {
+        eprintln!("invalid LOG_LEVEL {:?} ({e}); using info", settings.filter);
         EnvFilter::new("info")
     });
     let spans = if traces.is_some() { "trace" } else { "off" };
@@ -38,9 +51,9 @@ pub fn init_logging(config: &LogConfig, traces: Option<&TraceExport>) -> WorkerG
     let lines =
         tracing_subscriber::fmt::layer().with_writer(writer).with_span_events(FmtSpan::NONE).with_ansi(is_terminal);
     let registry = tracing_subscriber::registry().with(filter);
-    let _ = match config.log_format {
-        LogFormat::Json => registry.with(lines.event_format(JsonLines)).with(span_export(traces)).try_init(),
-        LogFormat::Text => registry.with(lines).with(span_export(traces)).try_init(),
+    let _ = match settings.format {
+        LineFormat::Json => registry.with(lines.event_format(JsonLines)).with(span_export(traces)).try_init(),
+        LineFormat::Text => registry.with(lines).with(span_export(traces)).try_init(),
     };
     guard
 }

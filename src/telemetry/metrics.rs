@@ -111,15 +111,24 @@ pub fn install_metrics_recorder() {
     });
 }
 
-/// The router of the private metrics listener: GET /metrics in Prometheus text format.
-pub fn metrics_router(state: std::sync::Arc<crate::http::AppState>) -> axum::Router {
+/// Connections of the database pool, as the gauges show them.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolStatus {
+    pub in_use: usize,
+    pub idle: usize,
+    pub max: usize,
+}
+
+/// The router of the private metrics listener: GET /metrics in Prometheus text format, with the
+/// pool gauges read from `pool_status` at each scrape.
+pub fn metrics_router(pool_status: impl Fn() -> PoolStatus + Clone + Send + Sync + 'static) -> axum::Router {
     use axum::http::header;
     axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
-            let state = state.clone();
+            let pool_status = pool_status.clone();
             async move {
-                let pool = state.store.pool_status();
+                let pool = pool_status();
                 metrics::gauge!("db_pool_connections", "state" => "in_use").set(pool.in_use as f64);
                 metrics::gauge!("db_pool_connections", "state" => "idle").set(pool.idle as f64);
                 metrics::gauge!("db_pool_max_connections").set(pool.max as f64);

@@ -6,8 +6,8 @@ mod logs;
 mod metrics;
 mod traces;
 
-pub use logs::init_logging;
+pub use logs::{LineFormat, LogSettings, init_logging};
 pub use metrics::{
-    HttpMetrics, InFlightGuard, install_metrics_recorder, metrics_router, record_query, record_write_batch,
+    HttpMetrics, InFlightGuard, PoolStatus, install_metrics_recorder, metrics_router, record_query, record_write_batch,
 };
 pub use traces::{SPAN_TARGET, TraceExport, continue_trace, link_to, trace_id, traces_requested};
