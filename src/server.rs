@@ -8,6 +8,7 @@ mod refusals;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
@@ -34,6 +35,15 @@ impl Application {
     pub async fn build(config: ServeConfig) -> anyhow::Result<Self> {
         let descriptor_limit = descriptors::raise_limit();
         let database = &config.database;
+        // A write may take its database timeout to start and the commit grace to finish: the
+        // request timeout must outlast both, or its 503 could be sent for a stored write.
+        let write_bound = database.store_options().timeout + crate::store::COMMIT_GRACE + Duration::from_millis(500);
+        anyhow::ensure!(
+            config.request_timeout() > write_bound,
+            "REQUEST_TIMEOUT_SECS ({}) must exceed DATABASE_TIMEOUT_SECS ({}) by more than 1.25 s",
+            config.request_timeout_secs,
+            database.database_timeout_secs
+        );
         let store = Store::connect(&database.database_url, &database.store_options()).await?;
         if !config.skip_migrations {
             store.migrate().await.with_context(|| format!("migrating {}", redact(&database.database_url)))?;

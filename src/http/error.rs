@@ -50,6 +50,10 @@ pub enum ApiError {
     Unavailable { retry_after_secs: u32 },
     #[error("too many full-list downloads are running; retry shortly, or read pages with ?limit=")]
     StreamsBusy { retry_after_secs: u32 },
+    #[error(
+        "the write reached the database but its outcome could not be confirmed; it may or may not be stored: check (GET) before writing again"
+    )]
+    OutcomeUnknown,
     #[error("the request took too long to process")]
     Timeout,
     /// `challenge` is the `WWW-Authenticate` value (RFC 6750 §3).
@@ -111,6 +115,7 @@ impl ApiError {
                 (StatusCode::SERVICE_UNAVAILABLE, "list_streams_busy", "Too many full-list downloads")
             }
             Self::Timeout => (StatusCode::SERVICE_UNAVAILABLE, "timeout", "Request timed out"),
+            Self::OutcomeUnknown => (StatusCode::GATEWAY_TIMEOUT, "outcome_unknown", "Write outcome unknown"),
             Self::Unauthorized { .. } => (StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized"),
             Self::Forbidden { .. } => (StatusCode::FORBIDDEN, "insufficient_scope", "Forbidden"),
             Self::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited", "Too many requests"),
@@ -157,6 +162,10 @@ impl From<StoreError> for ApiError {
             StoreError::Overloaded => {
                 tracing::warn!("write queue full; shedding load");
                 Self::Unavailable { retry_after_secs: 1 }
+            }
+            StoreError::OutcomeUnknown(reason) => {
+                tracing::error!(%reason, "write outcome unknown");
+                Self::OutcomeUnknown
             }
             StoreError::Internal(e) => Self::Internal(e),
         }

@@ -123,14 +123,17 @@ async fn produce(
 }
 
 /// The batch after `after`. A read is safe to repeat, so a connection found dead (one left from
-/// before a database restart) costs a retry on another, not the stream the client has begun.
+/// before a database restart, failing at once) costs a retry on another, not the stream the
+/// client has begun; a database that does not answer is not waited for twice.
 async fn next_batch(state: &AppState, after: i64) -> Result<Vec<User>, StoreError> {
     const ATTEMPTS: usize = 3;
+    const QUICK_FAILURE: Duration = Duration::from_millis(500);
     let mut attempt = 1;
     loop {
+        let started = std::time::Instant::now();
         match state.store.page(after, BATCH_USERS).await {
-            Err(StoreError::Unavailable(reason)) if attempt < ATTEMPTS => {
-                tracing::info!(%reason, attempt, "full-list batch failed; retrying");
+            Err(StoreError::Unavailable(reason)) if attempt < ATTEMPTS && started.elapsed() < QUICK_FAILURE => {
+                tracing::info!(%reason, attempt, "full-list batch failed at once; retrying");
                 attempt += 1;
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }

@@ -41,7 +41,8 @@ pub fn router() -> Router<Arc<AppState>> {
         (status = 413, description = "Body over 64 KiB", body = super::openapi::Problem, content_type = "application/problem+json"),
         (status = 415, description = "Content type is not JSON", body = super::openapi::Problem, content_type = "application/problem+json"),
         (status = 429, description = "Rate limited", body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Database unavailable or overloaded", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Nothing was stored: database unavailable, overloaded, or the write could not start before its deadline; retry after Retry-After", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 504, description = "`outcome_unknown`: the write reached the database but its commit got no answer; it may or may not be stored (no Retry-After). Check with GET before writing again", body = super::openapi::Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = ["users:write"]))
 )]

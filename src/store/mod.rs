@@ -6,7 +6,9 @@ mod rekey;
 mod sqlite;
 mod tls;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
 
 use crate::domain::{NewUser, User};
 
@@ -40,8 +42,25 @@ pub enum StoreError {
     Unavailable(String),
     #[error("write queue is full")]
     Overloaded,
+    /// The write reached the database and no answer came back (connection lost or hung during
+    /// the commit): it may or may not be stored. Never reported as "unavailable, retry".
+    #[error("write outcome unknown: {0}")]
+    OutcomeUnknown(String),
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
+}
+
+impl StoreError {
+    /// The same error for each of several requests (a failed batch answers all of its jobs).
+    pub(crate) fn clone_for_reply(&self) -> Self {
+        match self {
+            Self::EmailTaken => Self::EmailTaken,
+            Self::Unavailable(reason) => Self::Unavailable(reason.clone()),
+            Self::Overloaded => Self::Overloaded,
+            Self::OutcomeUnknown(reason) => Self::OutcomeUnknown(reason.clone()),
+            Self::Internal(e) => Self::Internal(anyhow::anyhow!("batch insert failed: {e:#}")),
+        }
+    }
 }
 
 pub use crate::telemetry::PoolStatus;
@@ -186,6 +205,59 @@ pub(crate) fn write_batch_span<'a>(
     );
     crate::telemetry::link_to(&span, requests);
     span
+}
+
+/// After a write's deadline, how long the commit of a write already handed to the database
+/// may take before its outcome is reported unknown.
+pub const COMMIT_GRACE: Duration = Duration::from_millis(750);
+
+/// An insert handed to a store's writer. A job not started by `deadline` is answered
+/// `Unavailable` without touching the database; once started, the writer answers with the
+/// database's own outcome.
+pub(crate) struct WriteJob {
+    pub user: NewUser,
+    pub deadline: Instant,
+    pub reply: oneshot::Sender<Result<User, StoreError>>,
+    /// The request's `write wait` span: the batch's parent or link.
+    pub span: tracing::Span,
+}
+
+impl WriteJob {
+    pub fn new(user: NewUser, timeout: Duration) -> (Self, oneshot::Receiver<Result<User, StoreError>>) {
+        let (reply, outcome) = oneshot::channel();
+        (Self { user, deadline: Instant::now() + timeout, reply, span: write_wait_span() }, outcome)
+    }
+
+    /// Answers 503 when the deadline passed before the job started, or its requester is gone.
+    /// Returns the job when it may still start.
+    pub fn unless_expired(self, now: Instant) -> Option<Self> {
+        if self.reply.is_closed() {
+            return None;
+        }
+        if now >= self.deadline {
+            let _ =
+                self.reply.send(Err(StoreError::Unavailable("the write was not started before its deadline".into())));
+            return None;
+        }
+        Some(self)
+    }
+}
+
+/// Waits for the writer's answer. The writer answers every job by its deadline plus the commit
+/// grace; past that (a writer stuck in a commit) the outcome is unknown, not "retry".
+pub(crate) async fn await_write(
+    outcome: oneshot::Receiver<Result<User, StoreError>>,
+    deadline: Instant,
+    span: tracing::Span,
+) -> Result<User, StoreError> {
+    use tracing::Instrument;
+    let bound = tokio::time::Instant::from_std(deadline + COMMIT_GRACE + Duration::from_millis(500));
+    match tokio::time::timeout_at(bound, outcome).instrument(span).await {
+        Ok(Ok(result)) => result,
+        // Dropped unanswered only when the writer stopped; a started batch always answers.
+        Ok(Err(_)) => Err(StoreError::Unavailable("writer stopped".into())),
+        Err(_) => Err(StoreError::OutcomeUnknown("no answer from the writer".into())),
+    }
 }
 
 /// A URL safe to print: the password, if any, replaced.

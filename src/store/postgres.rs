@@ -4,7 +4,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::Context;
-use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime};
+use deadpool_postgres::{Hook, HookError, Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime};
 use tokio_postgres::Row;
 use tokio_postgres::error::SqlState;
 use tracing::Instrument;
@@ -50,6 +50,7 @@ impl PostgresStore {
             .wait_timeout(Some(options.timeout))
             .create_timeout(Some(options.timeout))
             .recycle_timeout(Some(options.timeout))
+            .post_create(statement_timeout_hook(options.timeout))
             .build()
             .context("building the PostgreSQL pool")?;
         // Half the connections for batched inserts, the rest stay free for reads.
@@ -60,6 +61,8 @@ impl PostgresStore {
     pub async fn migrate(&self) -> anyhow::Result<()> {
         let mut client = self.pool.get().await.context("connecting to PostgreSQL to migrate")?;
         let tx = client.transaction().await?;
+        // Migrations may outlast the per-statement bound of ordinary requests.
+        tx.batch_execute("SET LOCAL statement_timeout = 0").await?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK_KEY]).await?;
         tx.batch_execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
@@ -127,13 +130,31 @@ impl PostgresStore {
         operation: &'static str,
         query: impl AsyncFnOnce(&Object) -> Result<T, tokio_postgres::Error>,
     ) -> Result<T, StoreError> {
-        tokio::time::timeout(self.timeout, async {
-            let client = self.pool.get().instrument(pool_wait_span(SYSTEM)).await.map_err(pool_error)?;
-            query(&client).instrument(statement_span(SYSTEM, operation)).await.map_err(map_error)
-        })
-        .await
-        .map_err(|_| StoreError::Unavailable("timed out waiting for the database".into()))?
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let timed_out = || StoreError::Unavailable("timed out waiting for the database".into());
+        let client = tokio::time::timeout_at(deadline, self.pool.get().instrument(pool_wait_span(SYSTEM)))
+            .await
+            .map_err(|_| timed_out())?
+            .map_err(pool_error)?;
+        match tokio::time::timeout_at(deadline, query(&client).instrument(statement_span(SYSTEM, operation))).await {
+            Ok(result) => result.map_err(map_error),
+            Err(_) => {
+                // Its query may still be pending: the next user of the connection would wait behind it.
+                drop(Object::take(client));
+                Err(timed_out())
+            }
+        }
     }
+}
+
+/// Every statement of a pooled connection is cancelled by the server past `timeout`, so a write
+/// still running at its deadline is rolled back by the database itself.
+fn statement_timeout_hook(timeout: Duration) -> Hook {
+    let set = format!("SET statement_timeout = {}", timeout.as_millis());
+    Hook::async_fn(move |client, _| {
+        let set = set.clone();
+        Box::pin(async move { client.batch_execute(&set).await.map_err(HookError::Backend) })
+    })
 }
 
 async fn rekey_emails(tx: &tokio_postgres::Transaction<'_>) -> Result<(), tokio_postgres::Error> {

@@ -5,14 +5,16 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use deadpool_postgres::Pool;
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use deadpool_postgres::{Object, Pool};
+use tokio::sync::{Semaphore, mpsc};
 use tracing::Instrument;
 
 use super::postgres::{SYSTEM, map_error, pool_error};
-use super::{StoreError, format_timestamp, pool_wait_span, statement_span, write_batch_span, write_wait_span};
+use super::{
+    COMMIT_GRACE, StoreError, WriteJob, await_write, format_timestamp, pool_wait_span, statement_span, write_batch_span,
+};
 use crate::domain::{NewUser, User};
 
 const QUEUE_CAPACITY: usize = 4096;
@@ -25,11 +27,8 @@ const INSERT_BATCH: &str = "INSERT INTO users (name, email, email_key) \
      ON CONFLICT (email_key) DO NOTHING \
      RETURNING id, email_key, created_at";
 
-/// A user to insert, where to answer, and the request's `write wait` span (the batch's parent or link).
-type Job = (NewUser, oneshot::Sender<Result<User, StoreError>>, tracing::Span);
-
 pub struct InsertBatcher {
-    queue: mpsc::Sender<Job>,
+    queue: mpsc::Sender<WriteJob>,
     timeout: Duration,
 }
 
@@ -37,27 +36,22 @@ impl InsertBatcher {
     /// Starts the collector; at most `concurrency` batches use connections at once.
     pub fn start(pool: Pool, timeout: Duration, concurrency: usize) -> Self {
         let (queue, jobs) = mpsc::channel(QUEUE_CAPACITY);
-        tokio::spawn(collect(pool, timeout, concurrency.max(1), jobs));
+        tokio::spawn(collect(pool, concurrency.max(1), jobs));
         Self { queue, timeout }
     }
 
     pub async fn insert(&self, user: NewUser) -> Result<User, StoreError> {
-        let (reply, outcome) = oneshot::channel();
-        let wait = write_wait_span();
-        self.queue.try_send((user, reply, wait.clone())).map_err(|e| match e {
+        let (job, outcome) = WriteJob::new(user, self.timeout);
+        let (deadline, span) = (job.deadline, job.span.clone());
+        self.queue.try_send(job).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => StoreError::Overloaded,
             mpsc::error::TrySendError::Closed(_) => StoreError::Unavailable("insert batcher stopped".into()),
         })?;
-        // One bound for the whole wait (queue, connection, statement): past it, 503. A request
-        // given up on here is dropped from any batch not yet sent (see `take_batch`).
-        match tokio::time::timeout(self.timeout, outcome).instrument(wait).await {
-            Ok(reply) => reply.map_err(|_| StoreError::Unavailable("insert batcher stopped".into()))?,
-            Err(_) => Err(StoreError::Unavailable("insert timed out".into())),
-        }
+        await_write(outcome, deadline, span).await
     }
 }
 
-async fn collect(pool: Pool, timeout: Duration, concurrency: usize, mut jobs: mpsc::Receiver<Job>) {
+async fn collect(pool: Pool, concurrency: usize, mut jobs: mpsc::Receiver<WriteJob>) {
     let slots = Arc::new(Semaphore::new(concurrency));
     while let Some(first) = jobs.recv().await {
         // Waiting for a slot lets the queue fill: the next batch is larger when the database is busy.
@@ -67,11 +61,11 @@ async fn collect(pool: Pool, timeout: Duration, concurrency: usize, mut jobs: mp
             continue;
         }
         let pool = pool.clone();
-        let span = write_batch_span(SYSTEM, batch.iter().map(|(_, _, wait)| wait));
+        let span = write_batch_span(SYSTEM, batch.iter().map(|job| &job.span));
         span.record("db.operation.batch.size", batch.len() as i64);
         tokio::spawn(
             async move {
-                insert_batch(&pool, timeout, batch).await;
+                insert_batch(&pool, batch).await;
                 drop(slot);
             }
             .instrument(span),
@@ -79,8 +73,9 @@ async fn collect(pool: Pool, timeout: Duration, concurrency: usize, mut jobs: mp
     }
 }
 
-/// `first` and whatever else is queued, up to `MAX_BATCH`, less the requests that gave up.
-fn take_batch(first: Job, jobs: &mut mpsc::Receiver<Job>) -> Vec<Job> {
+/// `first` and whatever else is queued, up to `MAX_BATCH`, less the jobs past their deadline
+/// (answered 503) and the requests that gave up.
+fn take_batch(first: WriteJob, jobs: &mut mpsc::Receiver<WriteJob>) -> Vec<WriteJob> {
     let mut batch = vec![first];
     while batch.len() < MAX_BATCH {
         match jobs.try_recv() {
@@ -88,58 +83,89 @@ fn take_batch(first: Job, jobs: &mut mpsc::Receiver<Job>) -> Vec<Job> {
             Err(_) => break,
         }
     }
-    batch.retain(|(_, reply, _)| !reply.is_closed());
-    batch
+    let now = Instant::now();
+    batch.into_iter().filter_map(|job| job.unless_expired(now)).collect()
 }
 
-async fn insert_batch(pool: &Pool, timeout: Duration, batch: Vec<Job>) {
-    let started = std::time::Instant::now();
-    let keys: Vec<String> = batch.iter().map(|(user, _, _)| user.email.key()).collect();
-    let names: Vec<&str> = batch.iter().map(|(user, _, _)| user.name.as_str()).collect();
-    let emails: Vec<&str> = batch.iter().map(|(user, _, _)| user.email.as_str()).collect();
+/// One transaction for the batch. Until COMMIT is sent, a failure or the earliest deadline
+/// passing rolls everything back (the connection is discarded, so the server aborts the
+/// transaction even if it only sees the rest later): 503, nothing stored. Once COMMIT is sent,
+/// the batch waits for the server's answer up to the commit grace; without one, its outcome is
+/// unknown.
+async fn insert_batch(pool: &Pool, batch: Vec<WriteJob>) {
+    let started = Instant::now();
+    let start_by = batch.iter().map(|job| job.deadline).min().expect("a batch is never empty");
+    let keys: Vec<String> = batch.iter().map(|job| job.user.email.key()).collect();
+    let names: Vec<&str> = batch.iter().map(|job| job.user.name.as_str()).collect();
+    let emails: Vec<&str> = batch.iter().map(|job| job.user.email.as_str()).collect();
 
-    let outcome = tokio::time::timeout(timeout, async {
-        let client = pool.get().instrument(pool_wait_span(SYSTEM)).await.map_err(pool_error)?;
-        async {
-            let statement = client.prepare_cached(INSERT_BATCH).await?;
-            client.query(&statement, &[&names, &emails, &keys]).await
+    let outcome = async {
+        let client = tokio::time::timeout_at(start_by.into(), pool.get().instrument(pool_wait_span(SYSTEM)))
+            .await
+            .map_err(|_| StoreError::Unavailable("no connection before the write's deadline".into()))?
+            .map_err(pool_error)?;
+        let inserted = tokio::time::timeout_at(
+            start_by.into(),
+            async {
+                client.batch_execute("BEGIN").await?;
+                let statement = client.prepare_cached(INSERT_BATCH).await?;
+                client.query(&statement, &[&names, &emails, &keys]).await
+            }
+            .instrument(statement_span(SYSTEM, "INSERT users")),
+        )
+        .await;
+        let rows = match inserted {
+            Ok(Ok(rows)) => rows,
+            failed => {
+                // Never back to the pool mid-transaction; dropping it ends the transaction.
+                drop(Object::take(client));
+                return Err(match failed {
+                    Ok(Err(e)) => map_error(e),
+                    _ => StoreError::Unavailable("the database did not answer before the write's deadline".into()),
+                });
+            }
+        };
+        let grace = tokio::time::Instant::from_std(start_by.max(Instant::now()) + COMMIT_GRACE);
+        match tokio::time::timeout_at(grace, client.batch_execute("COMMIT")).await {
+            Ok(Ok(())) => Ok(rows),
+            // The server answered: not committed.
+            Ok(Err(e)) if e.code().is_some() => Err(map_error(e)),
+            Ok(Err(e)) => {
+                drop(Object::take(client));
+                Err(StoreError::OutcomeUnknown(format!("connection lost during COMMIT: {e}")))
+            }
+            Err(_) => {
+                drop(Object::take(client));
+                Err(StoreError::OutcomeUnknown("no answer to COMMIT within the grace".into()))
+            }
         }
-        .instrument(statement_span(SYSTEM, "INSERT users"))
-        .await
-        .map_err(map_error)
-    })
-    .await
-    .unwrap_or_else(|_| Err(StoreError::Unavailable("insert timed out".into())));
+    }
+    .await;
     crate::telemetry::record_write_batch(batch.len(), started.elapsed());
 
     let rows = match outcome {
         Ok(rows) => rows,
         Err(e) => {
-            let reason = e.to_string();
-            let unavailable = matches!(e, StoreError::Unavailable(_));
-            for (_, reply, _) in batch {
-                let _ = reply.send(Err(if unavailable {
-                    StoreError::Unavailable(reason.clone())
-                } else {
-                    StoreError::Internal(anyhow::anyhow!("batch insert failed: {reason}"))
-                }));
+            tracing::warn!(error = %e, batch = batch.len(), "batch insert not committed");
+            for job in batch {
+                let _ = job.reply.send(Err(e.clone_for_reply()));
             }
             return;
         }
     };
     let mut inserted: HashMap<String, (i64, time::OffsetDateTime)> =
         rows.iter().map(|row| (row.get::<_, String>(1), (row.get(0), row.get(2)))).collect();
-    for ((user, reply, _), key) in batch.into_iter().zip(keys) {
+    for (job, key) in batch.into_iter().zip(keys) {
         // The first request for a key takes its row; any other was a duplicate.
         let result = match inserted.remove(&key) {
             Some((id, created_at)) => Ok(User {
                 id,
-                name: user.name.as_str().to_owned(),
-                email: user.email.as_str().to_owned(),
+                name: job.user.name.as_str().to_owned(),
+                email: job.user.email.as_str().to_owned(),
                 created_at: format_timestamp(created_at),
             }),
             None => Err(StoreError::EmailTaken),
         };
-        let _ = reply.send(result);
+        let _ = job.reply.send(result);
     }
 }

@@ -3,17 +3,18 @@
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use deadpool_sqlite::rusqlite::{self, Connection, ErrorCode, OptionalExtension, params};
 use deadpool_sqlite::{Config as PoolConfig, Hook, HookError, Pool, Runtime};
-use tokio::sync::{mpsc, oneshot};
-use tracing::Instrument;
+use tokio::sync::mpsc;
 
 use super::rekey::{self, Migration, StoredEmail};
+use tracing::Instrument;
+
 use super::{
-    StoreError, StoreOptions, format_timestamp, pool_wait_span, statement_span, write_batch_span, write_wait_span,
+    StoreError, StoreOptions, WriteJob, await_write, format_timestamp, pool_wait_span, statement_span, write_batch_span,
 };
 use crate::domain::{NewUser, User};
 
@@ -30,11 +31,8 @@ const READER_CACHE_KIB: u32 = 512;
 const SELECT_USER: &str = "SELECT id, name, email, created_at FROM users";
 const SYSTEM: &str = "sqlite";
 
-/// A user to insert, where to answer, and the request's `write wait` span (the batch's parent or link).
-type Insert = (NewUser, oneshot::Sender<Result<User, StoreError>>, tracing::Span);
-
 enum WriterMessage {
-    Insert(Insert),
+    Insert(WriteJob),
     Shutdown,
 }
 
@@ -87,17 +85,13 @@ impl SqliteStore {
     }
 
     pub async fn create(&self, user: NewUser) -> Result<User, StoreError> {
-        let (reply, outcome) = oneshot::channel();
-        let wait = write_wait_span();
-        self.writer.try_send(WriterMessage::Insert((user, reply, wait.clone()))).map_err(|e| match e {
+        let (job, outcome) = WriteJob::new(user, self.timeout);
+        let (deadline, span) = (job.deadline, job.span.clone());
+        self.writer.try_send(WriterMessage::Insert(job)).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => StoreError::Overloaded,
             mpsc::error::TrySendError::Closed(_) => StoreError::Unavailable("writer stopped".into()),
         })?;
-        // One bound for the whole wait; a request given up on is skipped by the writer.
-        match tokio::time::timeout(self.timeout, outcome).instrument(wait).await {
-            Ok(reply) => reply.map_err(|_| StoreError::Unavailable("writer stopped".into()))?,
-            Err(_) => Err(StoreError::Unavailable("insert timed out".into())),
-        }
+        await_write(outcome, deadline, span).await
     }
 
     pub async fn get(&self, id: i64) -> Result<Option<User>, StoreError> {
@@ -222,16 +216,16 @@ fn rekey_emails(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
 
 /// Takes every queued insert, commits them in one transaction, then answers each.
 fn writer_loop(conn: Connection, mut queue: mpsc::Receiver<WriterMessage>) {
-    let mut batch: Vec<Insert> = Vec::with_capacity(MAX_BATCH);
+    let mut batch: Vec<WriteJob> = Vec::with_capacity(MAX_BATCH);
     let mut shutting_down = false;
     while !shutting_down {
         match queue.blocking_recv() {
-            Some(WriterMessage::Insert(insert)) => batch.push(insert),
+            Some(WriterMessage::Insert(job)) => batch.push(job),
             Some(WriterMessage::Shutdown) | None => break,
         }
         while batch.len() < MAX_BATCH {
             match queue.try_recv() {
-                Ok(WriterMessage::Insert(insert)) => batch.push(insert),
+                Ok(WriterMessage::Insert(job)) => batch.push(job),
                 Ok(WriterMessage::Shutdown) => {
                     shutting_down = true;
                     break;
@@ -243,24 +237,28 @@ fn writer_loop(conn: Connection, mut queue: mpsc::Receiver<WriterMessage>) {
     }
 }
 
-fn commit_batch(conn: &Connection, batch: &mut Vec<Insert>) {
-    batch.retain(|(_, reply, _)| !reply.is_closed());
-    if batch.is_empty() {
-        return;
-    }
-    let span = write_batch_span(SYSTEM, batch.iter().map(|(_, _, wait)| wait));
-    span.record("db.operation.batch.size", batch.len() as i64);
+/// Commits the batch's jobs that are still in time. The wait for the write lock ends before the
+/// earliest deadline (busy_timeout), so a job either starts in time or is answered 503 with
+/// nothing written; once the lock is held, the outcome is the commit's own.
+fn commit_batch(conn: &Connection, batch: &mut Vec<WriteJob>) {
+    let now = Instant::now();
+    let jobs: Vec<WriteJob> = batch.drain(..).filter_map(|job| job.unless_expired(now)).collect();
+    let Some(start_by) = jobs.iter().map(|job| job.deadline).min() else { return };
+    let span = write_batch_span(SYSTEM, jobs.iter().map(|job| &job.span));
+    span.record("db.operation.batch.size", jobs.len() as i64);
     let _entered = span.enter();
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     let created_at = format_timestamp(time::OffsetDateTime::now_utc());
     let outcome = (|| -> rusqlite::Result<Vec<Result<User, StoreError>>> {
-        let tx = conn.unchecked_transaction()?;
-        let mut results = Vec::with_capacity(batch.len());
+        conn.busy_timeout(start_by.saturating_duration_since(Instant::now()))?;
+        // IMMEDIATE: the write lock is taken here, once, not by the first insert.
+        let tx = rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)?;
+        let mut results = Vec::with_capacity(jobs.len());
         {
             let _statement = statement_span(SYSTEM, "INSERT users").entered();
             let mut insert =
                 tx.prepare_cached("INSERT INTO users (name, email, email_key, created_at) VALUES (?1, ?2, ?3, ?4)")?;
-            for (user, _, _) in batch.iter() {
+            for WriteJob { user, .. } in &jobs {
                 // A failed statement rolls back only itself; the rest of the batch commits.
                 let result = insert
                     .execute(params![user.name.as_str(), user.email.as_str(), user.email.key(), created_at])
@@ -277,18 +275,19 @@ fn commit_batch(conn: &Connection, batch: &mut Vec<Insert>) {
         tx.commit()?;
         Ok(results)
     })();
-    crate::telemetry::record_write_batch(batch.len(), started.elapsed());
+    crate::telemetry::record_write_batch(jobs.len(), started.elapsed());
     match outcome {
         Ok(results) => {
-            for ((_, reply, _), result) in batch.drain(..).zip(results) {
-                let _ = reply.send(result);
+            for (job, result) in jobs.into_iter().zip(results) {
+                let _ = job.reply.send(result);
             }
         }
         Err(e) => {
-            tracing::error!(error = %e, batch = batch.len(), "SQLite batch commit failed");
+            // Not committed: a failed BEGIN or COMMIT leaves nothing behind in SQLite.
+            tracing::error!(error = %e, batch = jobs.len(), "SQLite batch commit failed");
             let unavailable = is_unavailable(&e);
-            for (_, reply, _) in batch.drain(..) {
-                let _ = reply.send(Err(if unavailable {
+            for job in jobs {
+                let _ = job.reply.send(Err(if unavailable {
                     StoreError::Unavailable(e.to_string())
                 } else {
                     StoreError::Internal(anyhow::anyhow!("commit failed: {e}"))
