@@ -1,6 +1,5 @@
 //! PostgreSQL: a deadpool of tokio-postgres clients with cached statements.
 
-use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -32,7 +31,7 @@ pub struct PostgresStore {
 
 impl PostgresStore {
     pub fn connect(url: &str, options: &StoreOptions) -> anyhow::Result<Self> {
-        let mut config = tokio_postgres::Config::from_str(url).context("parsing the PostgreSQL DATABASE_URL")?;
+        let mut config = super::tls::parse_url(url, options.ca_file.as_deref())?;
         if let Some(password) = &options.password {
             config.password(password);
         }
