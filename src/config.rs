@@ -267,19 +267,37 @@ pub struct TokenConfig {
     pub auth: AuthConfig,
 }
 
+/// The longest token lifetime `--ttl` and AUTH_MAX_TOKEN_LIFETIME take: beyond it, a typo.
+const MAX_TTL: Duration = Duration::from_secs(366 * 86_400);
+
+/// A lifetime such as 90s, 15m, 1h, 7d or "1h 30m".
 fn parse_ttl(raw: &str) -> Result<Duration, String> {
-    let raw = raw.trim();
-    let split = raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len());
-    let (digits, unit) = raw.split_at(split);
-    let n: u64 = digits.parse().map_err(|_| format!("{raw:?} is not a duration like 90s, 15m, 1h or 7d"))?;
-    let seconds = match unit {
-        "" | "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86_400,
-        _ => return Err(format!("unknown unit {unit:?}: use s, m, h or d")),
-    };
-    Ok(Duration::from_secs(seconds))
+    let ttl = humantime::parse_duration(raw.trim())
+        .map_err(|e| format!("{raw:?} is not a duration like 90s, 15m, 1h or 7d: {e}"))?;
+    if ttl > MAX_TTL {
+        return Err(format!(
+            "{raw:?} is longer than the longest lifetime accepted, {}",
+            humantime::format_duration(MAX_TTL)
+        ));
+    }
+    Ok(ttl)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttls_parse_as_durations_and_an_absurd_one_is_a_clear_error() {
+        assert_eq!(parse_ttl("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_ttl("1h 30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_ttl("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        let too_long = parse_ttl("99999999999d").unwrap_err();
+        assert!(too_long.contains("longer than the longest lifetime accepted"), "{too_long}");
+        let overflow = parse_ttl("99999999999999999999d").unwrap_err();
+        assert!(overflow.contains("is not a duration"), "{overflow}");
+        assert!(parse_ttl("soon").is_err());
+    }
 }
 
 impl ServeConfig {

@@ -181,6 +181,19 @@ async fn without_auth_configured_the_document_declares_no_security() {
 }
 
 #[test]
+fn the_token_subcommand_refuses_an_absurd_ttl_with_a_clear_error() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_users-api"))
+        .args(["token", "--ttl", "99999999999d"])
+        .env("AUTH_JWT_SECRET", SECRET)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "a usage error: {stderr}");
+    assert!(stderr.contains("--ttl") && stderr.contains("longest lifetime accepted"), "{stderr}");
+    assert!(output.stdout.is_empty(), "no token printed");
+}
+
+#[test]
 fn the_token_subcommand_mints_a_token_the_service_accepts() {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_users-api"))
         .args(["token", "--scope", "users:read", "--ttl", "5m"])
