@@ -36,7 +36,8 @@ PEER_DIR = BENCH / "peers" / "fastapi"
 BIN_DIR = Path(os.environ.get("BENCH_BIN_DIR") or ROOT / "target" / "release")
 SERVICE_BIN = BIN_DIR / "users-api"
 HELLO_BIN = BIN_DIR / "examples" / "hello"
-ALL_SCENARIOS = ("health", "list", "post_sqlite", "post_pg", "full", "cold", "tracing_health", "tracing_post")
+ALL_SCENARIOS = ("health", "list", "post_sqlite", "post_pg", "list_pg", "full", "cold", "tracing_health",
+                 "tracing_post")
 
 # Variables of the service that must not leak in from the caller's environment.
 SERVICE_VARS = re.compile(
@@ -200,7 +201,7 @@ class Server:
     def start(self, timeout: float = 60.0) -> "Server":
         self.spawn()
         self.wait_ready(timeout, interval=0.01)
-        if self.name == "fastapi":
+        if "--workers" in self.argv:
             self.wait_workers()
         return self
 
@@ -427,11 +428,25 @@ class Targets:
                       self.s.run_dir / f"{tag}-hello.log")
 
     def peer(self, tag: str, db_path: Path) -> Server:
+        """The tuned FastAPI peer: one uvicorn worker per core, uvloop and httptools."""
         port = free_port()
         argv = [str(self.s.venv / "bin" / "uvicorn"), "app:app", "--host", "127.0.0.1", "--port", str(port),
                 "--workers", str(self.s.peer_workers)]
         return Server("fastapi", argv, clean_env(DATABASE_PATH=str(db_path)), port, "/ready",
                       self.s.run_dir / f"{tag}-fastapi.log", cwd=PEER_DIR)
+
+    def seed_peer(self, tag: str, db_path: Path) -> Server:
+        """The seed's shape as it shipped: FastAPI + SQLite under one uvicorn worker on asyncio and h11."""
+        port = free_port()
+        argv = [str(self.s.venv / "bin" / "uvicorn"), "app:app", "--host", "127.0.0.1", "--port", str(port),
+                "--workers", "1", "--loop", "asyncio", "--http", "h11"]
+        return Server("fastapi-seed", argv, clean_env(DATABASE_PATH=str(db_path)), port, "/ready",
+                      self.s.run_dir / f"{tag}-fastapi-seed.log", cwd=PEER_DIR)
+
+    def peers(self, tag: str, db: Path) -> dict[str, Server]:
+        """Every peer, each on its own copy of db, so none sees another's writes."""
+        return {"fastapi": self.peer(tag, copy_db(db, self.s.run_dir / f"{tag}-fastapi.db")),
+                "fastapi-seed": self.seed_peer(tag, copy_db(db, self.s.run_dir / f"{tag}-fastapi-seed.db"))}
 
 
 def trim_logs(run_dir: Path, keep_lines: int = 200) -> None:
@@ -485,16 +500,15 @@ def load_scenario(s: Settings, tag: str, servers: dict[str, Server], path: str, 
 def scenario_health(s: Settings, t: Targets) -> dict[str, Any]:
     db = s.run_dir / "health.db"
     migrate_sqlite(db)
-    peer_db = copy_db(db, s.run_dir / "health-peer.db")
     return load_scenario(s, "health", {"users-api": t.service("health", f"sqlite://{db}"), "hello": t.hello("health"),
-                                       "fastapi": t.peer("health", peer_db)}, "/health")
+                                       **t.peers("health", db)}, "/health")
 
 
 def scenario_list(s: Settings, t: Targets) -> dict[str, Any]:
     db = seeded_sqlite(s, "list", s.list_rows)
-    peer_db = copy_db(db, s.run_dir / "list-peer.db")
-    res = load_scenario(s, "list", {"users-api": t.service("list", f"sqlite://{db}"),
-                                    "fastapi": t.peer("list", peer_db)}, "/users?limit=100")
+    # hello here is the list's ceiling: the same page serialised from memory.
+    res = load_scenario(s, "list", {"users-api": t.service("list", f"sqlite://{db}"), "hello": t.hello("list"),
+                                    **t.peers("list", db)}, "/users?limit=100")
     res["rows"] = s.list_rows
     return res
 
@@ -536,12 +550,13 @@ def count_users(db: Path) -> int:
 def scenario_post_sqlite(s: Settings, t: Targets) -> dict[str, Any]:
     db = s.run_dir / "post.db"
     migrate_sqlite(db)
-    peer_db = copy_db(db, s.run_dir / "post-peer.db")
-    res = load_scenario(s, "post_sqlite", {"users-api": t.service("post_sqlite", f"sqlite://{db}"),
-                                           "fastapi": t.peer("post_sqlite", peer_db)}, "", script="post_user.lua")
+    peers = t.peers("post_sqlite", db)
+    res = load_scenario(s, "post_sqlite", {"users-api": t.service("post_sqlite", f"sqlite://{db}"), **peers}, "",
+                        script="post_user.lua")
     # Every acknowledged 201 must be a row: the counts prove the load really wrote.
-    for name, path in (("users-api", db), ("fastapi", peer_db)):
-        res[name]["rows_after"] = count_users(path)
+    res["users-api"]["rows_after"] = count_users(db)
+    for name, server in peers.items():
+        res[name]["rows_after"] = count_users(Path(server.env["DATABASE_PATH"]))
     return res
 
 
@@ -571,6 +586,55 @@ def scenario_post_pg(s: Settings, t: Targets) -> dict[str, Any]:
                 log(f"could not drop schema {schema}: {e}")
 
 
+PG_SEED_SQL = """
+INSERT INTO {schema}.users (name, email, email_key, created_at)
+SELECT 'Bench User', 'User' || i || '@example.com', 'user' || i || '@example.com',
+       timestamptz '2026-01-01 00:00:00+00' + i * interval '1 microsecond'
+FROM generate_series(1, {rows}) AS i
+"""
+
+
+def scenario_list_pg(s: Settings, t: Targets) -> dict[str, Any]:
+    """GET /users?limit=100 under load and the full list, on PostgreSQL with the default pool of 10."""
+    pg = PgTarget.parse(s.pg_url)
+    schema = f"bench_list_{os.getpid()}_{int(time.time())}"
+    try:
+        pg.psql(f"CREATE SCHEMA {schema}")
+        proc = subprocess.run([str(SERVICE_BIN), "migrate"], env=clean_env(DATABASE_URL=pg.schema_url(schema)),
+                              capture_output=True, text=True, timeout=120)
+        if proc.returncode != 0:
+            raise RuntimeError(f"users-api migrate on PostgreSQL failed: {proc.stdout}{proc.stderr}")
+        t0 = time.perf_counter()
+        pg.psql(PG_SEED_SQL.format(schema=schema, rows=s.full_rows) + f"; ANALYZE {schema}.users")
+        log(f"seeded {s.full_rows:,} users into PostgreSQL schema {schema} in {time.perf_counter() - t0:.1f}s")
+        res = load_scenario(s, "list_pg", {"users-api": t.service("list_pg", pg.schema_url(schema))},
+                            "/users?limit=100")
+        server = t.service("full_pg", pg.schema_url(schema))
+        try:
+            server.start()
+            body = s.run_dir / "full-pg.json"
+            first = curl_full(server.port, str(body), 900)
+            check_full_body(body, s.full_rows)
+            body.unlink()
+            runs = [first] + [curl_full(server.port, "/dev/null", 900) for _ in range(s.full_runs - 1)]
+            res["full"] = {"bytes": first["bytes"], "seconds": statistics.median(r["seconds"] for r in runs),
+                           "ttfb_s": statistics.median(r["ttfb_s"] for r in runs), "runs": runs,
+                           "peak_rss_kb": server.hwm_kb()}
+            log(f"  full list on PostgreSQL: {s.full_rows:,} users, {first['bytes'] / 1e6:.1f} MB in "
+                f"{res['full']['seconds']:.2f}s (median of {len(runs)})")
+        finally:
+            server.stop()
+        res["rows"] = s.full_rows
+        res["pool_size"] = 10  # the service's default DATABASE_MAX_CONNECTIONS
+        res["server_version"] = pg.psql("SHOW server_version")
+        return res
+    finally:
+        try:
+            pg.psql(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        except RuntimeError as e:
+            log(f"could not drop schema {schema}: {e}")
+
+
 def curl_full(port: int, out: str, max_time: int) -> dict[str, Any]:
     proc = subprocess.run(["curl", "-sS", "--max-time", str(max_time), "-o", out, "-w",
                            "%{http_code} %{size_download} %{time_starttransfer} %{time_total}",
@@ -592,10 +656,9 @@ def check_full_body(path: Path, rows: int) -> None:
 
 def scenario_full(s: Settings, t: Targets) -> dict[str, Any]:
     db = seeded_sqlite(s, "full", s.full_rows)
-    peer_db = copy_db(db, s.run_dir / "full-peer.db")
     max_time = 900
     result: dict[str, Any] = {"rows": s.full_rows, "concurrency": s.full_concurrency}
-    for name, server in (("users-api", t.service("full", f"sqlite://{db}")), ("fastapi", t.peer("full", peer_db))):
+    for name, server in {"users-api": t.service("full", f"sqlite://{db}"), **t.peers("full", db)}.items():
         try:
             server.start()
             time.sleep(0.5)
@@ -668,10 +731,9 @@ def cold_starts(server: Server, runs: int) -> dict[str, Any]:
 
 def scenario_cold(s: Settings, t: Targets) -> dict[str, Any]:
     db = seeded_sqlite(s, "cold", s.list_rows)
-    peer_db = copy_db(db, s.run_dir / "cold-peer.db")
     result: dict[str, Any] = {"rows": s.list_rows}
     targets = [("users-api", t.service("cold", f"sqlite://{db}")), ("hello", t.hello("cold")),
-               ("fastapi", t.peer("cold", peer_db))]
+               *t.peers("cold", db).items()]
     schema = None
     pg = None
     if not s.skip_pg:
@@ -779,8 +841,8 @@ def main() -> int:
     ap.add_argument("--command", default="bench/run")
     args = ap.parse_args()
     s = Settings.from_env(args)
-    if s.skip_pg and "post_pg" in s.scenarios:
-        s.scenarios = tuple(x for x in s.scenarios if x != "post_pg")
+    if s.skip_pg:
+        s.scenarios = tuple(x for x in s.scenarios if x not in ("post_pg", "list_pg"))
     s.run_dir.mkdir(parents=True, exist_ok=True)
     latest = BENCH / "results" / "latest"
     latest.unlink(missing_ok=True)
@@ -802,7 +864,7 @@ def main() -> int:
     t = Targets(s)
     t_start = time.perf_counter()
     runners = {"health": scenario_health, "list": scenario_list, "post_sqlite": scenario_post_sqlite,
-               "post_pg": scenario_post_pg, "full": scenario_full, "cold": scenario_cold,
+               "post_pg": scenario_post_pg, "list_pg": scenario_list_pg, "full": scenario_full, "cold": scenario_cold,
                "tracing_health": scenario_tracing_health, "tracing_post": scenario_tracing_post}
     for name in s.scenarios:
         log(f"scenario {name}")
