@@ -1,9 +1,6 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use http_body_util::Empty;
-use hyper::Request;
-use hyper_util::rt::TokioIo;
 
 use crate::config::HealthcheckConfig;
 
@@ -19,24 +16,22 @@ pub async fn probe(config: &HealthcheckConfig) -> anyhow::Result<()> {
             format!("http://{addr}/health")
         }
     };
-    let uri: hyper::Uri = url.parse().with_context(|| format!("invalid URL {url:?}"))?;
-    anyhow::ensure!(uri.scheme_str() == Some("http"), "only http:// URLs can be probed");
-    let host = uri.host().context("URL has no host")?.to_owned();
-    let port = uri.port_u16().unwrap_or(80);
-
-    let exchange = async {
-        let stream = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(connection);
-        let request =
-            Request::get(uri.path()).header(hyper::header::HOST, host.as_str()).body(Empty::<bytes::Bytes>::new())?;
-        let response = sender.send_request(request).await?;
-        anyhow::Ok(response.status())
-    };
-    let status = tokio::time::timeout(Duration::from_secs(config.timeout_secs), exchange)
-        .await
-        .with_context(|| format!("{url} did not answer within {}s", config.timeout_secs))?
-        .with_context(|| format!("{url} unreachable"))?;
-    anyhow::ensure!(status == hyper::StatusCode::OK, "{url} answered {status}");
+    let parsed = reqwest::Url::parse(&url).with_context(|| format!("invalid URL {url:?}"))?;
+    anyhow::ensure!(parsed.scheme() == "http", "only http:// URLs can be probed");
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(config.timeout_secs))
+        // The probe asks this instance, never a proxy the environment names.
+        .no_proxy()
+        .build()
+        .context("building the HTTP client")?;
+    let response = client.get(parsed).send().await.map_err(|e| {
+        if e.is_timeout() {
+            anyhow::anyhow!("{url} did not answer within {}s", config.timeout_secs)
+        } else {
+            anyhow::Error::new(e).context(format!("{url} unreachable"))
+        }
+    })?;
+    let status = response.status();
+    anyhow::ensure!(status == reqwest::StatusCode::OK, "{url} answered {status}");
     Ok(())
 }

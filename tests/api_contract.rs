@@ -384,3 +384,26 @@ async fn postgres_tls_refuses_a_server_certificate_the_ca_file_does_not_vouch_fo
     let app = TestApp::start(config).await;
     expect_problem(app.get("/ready").await, 503, "service_unavailable").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_healthcheck_subcommand_exits_0_only_when_health_answers_200() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let probe = |url: String| {
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_users-api"))
+                .args(["healthcheck", "--url", &url, "--timeout-secs", "5"])
+                .output()
+                .expect("healthcheck runs")
+        })
+    };
+    let healthy = probe(app.url("/health")).await.unwrap();
+    assert!(healthy.status.success(), "{}", String::from_utf8_lossy(&healthy.stderr));
+
+    let not_found = probe(app.url("/nope")).await.unwrap();
+    assert!(!not_found.status.success());
+    assert!(String::from_utf8_lossy(&not_found.stderr).contains("404"), "{not_found:?}");
+
+    let nobody = probe(format!("http://127.0.0.1:{}/health", kit::free_port())).await.unwrap();
+    assert!(!nobody.status.success());
+    assert!(String::from_utf8_lossy(&nobody.stderr).contains("unreachable"), "{nobody:?}");
+}
