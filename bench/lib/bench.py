@@ -201,7 +201,8 @@ class Server:
     def start(self, timeout: float = 60.0) -> "Server":
         self.spawn()
         self.wait_ready(timeout, interval=0.01)
-        if "--workers" in self.argv:
+        # uvicorn with --workers 1 serves from its own process: there are no workers to wait for.
+        if "--workers" in self.argv and self.argv[self.argv.index("--workers") + 1] != "1":
             self.wait_workers()
         return self
 
