@@ -230,11 +230,14 @@ def test_task_definition_matches_the_contract():
         '"CMD", "/usr/local/bin/users-api", "healthcheck"',
         'condition = "HEALTHY"', '"UPSTREAM", value = "127.0.0.1:8000"',
         '"BIND_ADDR", value = "127.0.0.1:8000"', '"LOG_FORMAT", value = "json"',
-        '"TRUST_FORWARDED_FOR", value = "true"', '"DATABASE_PASSWORD", valueFrom = "${var.db_secret_arn}:password::"',
-        '"AUTH_JWT_SECRET", valueFrom', "sslmode=require", "stopTimeout = var.stop_timeout",
+        '"TRUST_FORWARDED_FOR", value = "true"', '"AUTH_JWT_SECRET", valueFrom', "sslmode=require",
+        "stopTimeout = var.stop_timeout", '"SKIP_MIGRATIONS", value = "true"',
+        '"DATABASE_CA_FILE", value = local.database_ca_file',
+        'database_ca_file = "/etc/ssl/certs/rds-global-bundle.pem"',
+        'dependsOn = [{ containerName = "migrate", condition = "SUCCESS" }]',
     ):
         assert needle in text, needle
-    assert text.count("essential = true") == 2
+    assert text.count("essential = true") == 2 and text.count("essential = false") == 2  # migrate, collector
     # the collector sidecar: never essential, bounded, pinned, its own logs
     for needle in ('name = "collector"', "essential = false", "memory = var.collector_memory",
                    "cpu = var.collector_cpu", "image = var.collector_image",
@@ -242,11 +245,27 @@ def test_task_definition_matches_the_contract():
                    '"OTEL_EXPORTER_OTLP_ENDPOINT", value = "http://127.0.0.1:4318"',
                    'awslogs-group = var.collector_log_group_name'):
         assert needle in text, needle
-    assert text.count("readonlyRootFilesystem = true") == 3
+    assert text.count("readonlyRootFilesystem = true") == 4  # migrate, api, proxy, collector
     # secrets never travel as plain environment values
-    assert not re.search(r'name = "(DATABASE_PASSWORD|AUTH_JWT_SECRET)", value =', text)
-    # the URL never carries a password
-    assert re.search(r'postgres://\$\{var\.db_username\}@', text)
+    assert not re.search(r'name = "(DATABASE_PASSWORD|DATABASE_APP_PASSWORD|AUTH_JWT_SECRET)", value =', text)
+    # no URL carries a password; the API's is its own role's, the master's is the migrate container's
+    assert re.search(r'database_url = "postgres://\$\{var\.db_app_role\}@', text)
+    assert re.search(r'master_database_url = "postgres://\$\{var\.db_username\}@', text)
+
+
+def test_only_the_migrate_container_gets_the_master_credentials():
+    text = re.sub(r"\s+", " ", (TF / "modules" / "service" / "main.tf").read_text())
+    master = '"DATABASE_PASSWORD", valueFrom = "${var.db_secret_arn}:password::"'
+    assert text.count(master) == 1 and text.count("local.master_database_url") == 1  # used by migrate only
+    migrate = text[text.index('name = "migrate"'):text.index('name = "api"')]
+    assert master in migrate and "value = local.master_database_url" in migrate
+    assert '"DATABASE_APP_ROLE", value = var.db_app_role' in migrate
+    api = text[text.index('name = "api"'):text.index('name = "proxy"')]
+    assert "api_secrets" in api and "local.api_environment" in api
+    assert 'name = "DATABASE_PASSWORD", valueFrom = aws_secretsmanager_secret.db_app.arn' in text
+    # the pipeline's image definitions name every container, migrate included
+    buildspec = (REPO / "deploy" / "buildspec.yml").read_text()
+    assert re.search(r'"name":"api".*"name":"proxy".*"name":"migrate"', buildspec)
 
 
 def test_pipeline_uses_buildspec_connection_and_ecs_deploy():

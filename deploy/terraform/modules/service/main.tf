@@ -19,8 +19,14 @@ locals {
   api_image   = "${var.api_repository_url}:${var.image_tag}"
   proxy_image = "${var.proxy_repository_url}:${var.image_tag}"
 
-  # No password in the URL: DATABASE_PASSWORD (from Secrets Manager) overrides it.
-  database_url = "postgres://${var.db_username}@${var.db_address}:${var.db_port}/${var.db_name}?sslmode=require"
+  # No password in a URL: DATABASE_PASSWORD (from Secrets Manager) supplies it.
+  # The migrate container connects as the master user and makes the API's own
+  # role; the API connects as that role, which may only read and write rows.
+  database_url        = "postgres://${var.db_app_role}@${var.db_address}:${var.db_port}/${var.db_name}?sslmode=require"
+  master_database_url = "postgres://${var.db_username}@${var.db_address}:${var.db_port}/${var.db_name}?sslmode=require"
+  # RDS's CA bundle ships in the API image: with it, TLS to the database is
+  # verified (certificate chain and host name), not only encrypted.
+  database_ca_file = "/etc/ssl/certs/rds-global-bundle.pem"
 
   service_arn = "arn:${local.partition}:ecs:${local.region}:${local.account_id}:service/${aws_ecs_cluster.this.name}/${var.name}"
 
@@ -31,7 +37,10 @@ locals {
       # Only nginx, in the same task, talks to the API: bind to loopback.
       { name = "BIND_ADDR", value = "127.0.0.1:8000" },
       { name = "DATABASE_URL", value = local.database_url },
+      { name = "DATABASE_CA_FILE", value = local.database_ca_file },
       { name = "DATABASE_MAX_CONNECTIONS", value = tostring(var.database_max_connections) },
+      # The migrate container has applied them; this role may not.
+      { name = "SKIP_MIGRATIONS", value = "true" },
       { name = "LOG_FORMAT", value = "json" },
       { name = "LOG_LEVEL", value = var.log_level },
       { name = "TRUST_FORWARDED_FOR", value = "true" },
@@ -56,13 +65,41 @@ locals {
   )
 
   api_secrets = concat(
-    [{ name = "DATABASE_PASSWORD", valueFrom = "${var.db_secret_arn}:password::" }],
+    [{ name = "DATABASE_PASSWORD", valueFrom = aws_secretsmanager_secret.db_app.arn }],
     local.create_jwt_secret ? [{ name = "AUTH_JWT_SECRET", valueFrom = aws_secretsmanager_secret.jwt[0].arn }] : [],
   )
 
-  secret_arns = concat([var.db_secret_arn], aws_secretsmanager_secret.jwt[*].arn)
+  secret_arns = concat([var.db_secret_arn, aws_secretsmanager_secret.db_app.arn], aws_secretsmanager_secret.jwt[*].arn)
 
   container_definitions = [
+    {
+      # Runs to completion before the API starts: migrations and the API's
+      # role, the only use of the master credentials. Same image as the API
+      # (the pipeline's image definitions name both).
+      name                   = "migrate"
+      image                  = local.api_image
+      essential              = false
+      readonlyRootFilesystem = true
+      command                = ["migrate"]
+      environment = [
+        { name = "DATABASE_URL", value = local.master_database_url },
+        { name = "DATABASE_CA_FILE", value = local.database_ca_file },
+        { name = "DATABASE_APP_ROLE", value = var.db_app_role },
+        { name = "LOG_FORMAT", value = "json" },
+      ]
+      secrets = [
+        { name = "DATABASE_PASSWORD", valueFrom = "${var.db_secret_arn}:password::" },
+        { name = "DATABASE_APP_PASSWORD", valueFrom = aws_secretsmanager_secret.db_app.arn },
+      ]
+      logConfiguration = {
+        logDriver = "awslogs"
+        options = {
+          awslogs-group         = var.api_log_group_name
+          awslogs-region        = local.region
+          awslogs-stream-prefix = "migrate"
+        }
+      }
+    },
     {
       name                   = "api"
       image                  = local.api_image
@@ -81,6 +118,7 @@ locals {
         retries     = 3
         startPeriod = 10
       }
+      dependsOn   = [{ containerName = "migrate", condition = "SUCCESS" }]
       stopTimeout = var.stop_timeout
       ulimits     = [{ name = "nofile", softLimit = 65536, hardLimit = 65536 }]
       logConfiguration = {
@@ -219,6 +257,39 @@ resource "aws_secretsmanager_secret_version" "jwt" {
 
   secret_id     = aws_secretsmanager_secret.jwt[0].id
   secret_string = random_password.jwt[0].result
+}
+
+# ------------------------------------------------- secret (API's DB role)
+
+# The API's own database password. Rotated by replacement every
+# db_app_password_rotation_days: the apply after that period writes a new
+# value; the rotation rule below then redeploys, and each new task's migrate
+# container sets the role's password before its API starts.
+resource "time_rotating" "db_app" {
+  rotation_days = var.db_app_password_rotation_days
+}
+
+resource "random_password" "db_app" {
+  length  = 48
+  special = false
+
+  keepers = {
+    rotated = time_rotating.db_app.id
+  }
+}
+
+resource "aws_secretsmanager_secret" "db_app" {
+  #checkov:skip=CKV2_AWS_57:Rotated by replacement on the db_app_password_rotation_days schedule (time_rotating), and applied by the migrate container of the redeploy that the new value triggers; a rotation Lambda would change the password under running tasks.
+  name_prefix = "${var.name}/db-app-password-"
+  description = "Password of ${var.name}'s own database role ${var.db_app_role} (DATABASE_PASSWORD of the api container)"
+  kms_key_id  = var.kms_key_arn
+
+  tags = var.tags
+}
+
+resource "aws_secretsmanager_secret_version" "db_app" {
+  secret_id     = aws_secretsmanager_secret.db_app.id
+  secret_string = random_password.db_app.result
 }
 
 # ---------------------------------------------------------------------- IAM
@@ -579,11 +650,11 @@ resource "aws_cloudwatch_event_rule" "secret_rotated" {
       "$or" = [
         {
           eventName           = ["RotationSucceeded"]
-          additionalEventData = { SecretId = [var.db_secret_arn] }
+          additionalEventData = { SecretId = [var.db_secret_arn, aws_secretsmanager_secret.db_app.arn] }
         },
         {
           eventName         = ["PutSecretValue", "UpdateSecretVersionStage"]
-          requestParameters = { secretId = [var.db_secret_arn] }
+          requestParameters = { secretId = [var.db_secret_arn, aws_secretsmanager_secret.db_app.arn] }
         },
       ]
     }

@@ -291,12 +291,34 @@ variable "db_name" {
 }
 
 variable "db_username" {
-  description = "Database user name (the password comes from db_secret_arn)."
+  description = "Master user name (the migrate container's; its password comes from db_secret_arn)."
   type        = string
 }
 
+variable "db_app_role" {
+  description = "The API's own PostgreSQL role, made by the migrate container; it may read and write rows, nothing else."
+  type        = string
+  default     = "users_api_app"
+
+  validation {
+    condition     = can(regex("^[a-z_][a-z0-9_]{0,62}$", var.db_app_role))
+    error_message = "db_app_role must be a lowercase PostgreSQL identifier."
+  }
+}
+
+variable "db_app_password_rotation_days" {
+  description = "Days after which the next apply replaces the API role's password (and the rotation redeploy applies it)."
+  type        = number
+  default     = 30
+
+  validation {
+    condition     = var.db_app_password_rotation_days >= 1 && var.db_app_password_rotation_days <= 365
+    error_message = "db_app_password_rotation_days must be between 1 and 365."
+  }
+}
+
 variable "db_secret_arn" {
-  description = "ARN of the RDS-managed secret; its JSON key password becomes DATABASE_PASSWORD through ECS secrets."
+  description = "ARN of the RDS-managed master secret; only the migrate container receives it (DATABASE_PASSWORD)."
   type        = string
 }
 
