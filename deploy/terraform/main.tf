@@ -339,6 +339,8 @@ module "pipeline" {
   codebuild_log_group_arn  = module.observability.codebuild_log_group_arn
   access_log_bucket        = module.alb.log_bucket_id
   notification_topic_arn   = module.observability.alarm_topic_arn
+  deployed_tag_parameter_name = module.service.deployed_tag_parameter_name
+  deployed_tag_parameter_arn  = module.service.deployed_tag_parameter_arn
   kms_key_arn              = aws_kms_key.this.arn
   tags                     = local.tags
 }

@@ -124,7 +124,7 @@ variable "alb_deletion_protection" {
 # ----------------------------------------------------------------- service
 
 variable "image_tag" {
-  description = "Commit SHA whose images the service runs. After the pipeline has deployed, set it to the deployed SHA before any apply (docs/DEPLOY.md). Never latest."
+  description = "Commit SHA of the images of the first deploy (docs/DEPLOY.md). Afterwards the pipeline owns the running image: changing this never moves it. Never latest."
   type        = string
 
   validation {

@@ -639,3 +639,23 @@ def test_expression_spans_are_balanced(text):
     spans = list(tfcheck.expression_spans(text))
     assert spans[0] == "var.a"
     assert "var.b" in spans[1]
+
+
+def test_the_pipeline_alone_owns_the_deployed_image():
+    service = tfcheck.load_module(TF / "modules" / "service", "service")
+    parameter = service.resources[("aws_ssm_parameter", "image_tag")]
+    assert tfcheck.first(parameter["value"]) == "${var.image_tag}"  # seeds it, once
+    lifecycle = tfcheck.first(parameter["lifecycle"])
+    assert "value" in str(lifecycle["ignore_changes"])
+    text = re.sub(r"\s+", " ", (TF / "modules" / "service" / "main.tf").read_text())
+    # The task definition's images come from the parameter, never from the variable.
+    assert 'deployed_tag = nonsensitive(aws_ssm_parameter.image_tag.value)' in text
+    assert "${var.image_tag}" not in text.replace('value = var.image_tag', "")
+    assert 'api_image = "${var.api_repository_url}:${local.deployed_tag}"' in text
+    # The build writes it (and may write nothing else in SSM).
+    buildspec = (REPO / "deploy" / "buildspec.yml").read_text()
+    assert re.search(r'aws ssm put-parameter --name "\$IMAGE_TAG_PARAMETER".*--value "\$IMAGE_TAG" --overwrite',
+                     re.sub(r"\\\n\s*", "", buildspec))
+    pipeline = re.sub(r"\s+", " ", (TF / "modules" / "pipeline" / "main.tf").read_text())
+    assert 'actions = ["ssm:PutParameter"] resources = [var.deployed_tag_parameter_arn]' in pipeline
+    assert "deployed-image-tag" in (REPO / "docs" / "DEPLOY.md").read_text()

@@ -219,17 +219,24 @@ data "aws_iam_policy_document" "codebuild" {
   }
 
   # The stack's key also guards the database and the JWT secret: the build may
-  # use it only through S3 (artifacts, build output), never to decrypt those.
+  # use it only through S3 (artifacts, build output) and SSM (the deployed-tag
+  # parameter), never to decrypt those.
   statement {
-    sid       = "ProjectKeyThroughS3"
+    sid       = "ProjectKeyThroughS3AndSsm"
     actions   = ["kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey*", "kms:DescribeKey"]
     resources = [var.kms_key_arn]
 
     condition {
       test     = "StringEquals"
       variable = "kms:ViaService"
-      values   = ["s3.${local.region}.amazonaws.com"]
+      values   = ["s3.${local.region}.amazonaws.com", "ssm.${local.region}.amazonaws.com"]
     }
+  }
+
+  statement {
+    sid       = "RecordDeployedTag"
+    actions   = ["ssm:PutParameter"]
+    resources = [var.deployed_tag_parameter_arn]
   }
 }
 
@@ -272,6 +279,16 @@ resource "aws_codebuild_project" "this" {
     environment_variable {
       name  = "PROXY_REPOSITORY_URI"
       value = var.repository_urls["proxy"]
+    }
+
+    environment_variable {
+      name  = "IMAGE_TAG_PARAMETER"
+      value = var.deployed_tag_parameter_name
+    }
+
+    environment_variable {
+      name  = "IMAGE_TAG_KMS_KEY"
+      value = var.kms_key_arn
     }
   }
 

@@ -184,6 +184,16 @@ variable "notification_topic_arn" {
   type        = string
 }
 
+variable "deployed_tag_parameter_name" {
+  description = "SSM parameter the build writes the deployed image tag to (Terraform reads it for the task definition)."
+  type        = string
+}
+
+variable "deployed_tag_parameter_arn" {
+  description = "ARN of that parameter: the only one the build role may write."
+  type        = string
+}
+
 variable "kms_key_arn" {
   description = "ARN of the customer-managed KMS key for artifacts and build output."
   type        = string

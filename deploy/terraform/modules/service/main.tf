@@ -16,8 +16,11 @@ locals {
   create_jwt_secret = var.auth_enabled && var.auth_jwks_url == ""
   use_jwks          = var.auth_enabled && var.auth_jwks_url != ""
 
-  api_image   = "${var.api_repository_url}:${var.image_tag}"
-  proxy_image = "${var.proxy_repository_url}:${var.image_tag}"
+  # The deployed tag, as the pipeline last recorded it (image_tag only seeds the
+  # parameter): an apply never moves the running image.
+  deployed_tag = nonsensitive(aws_ssm_parameter.image_tag.value)
+  api_image    = "${var.api_repository_url}:${local.deployed_tag}"
+  proxy_image  = "${var.proxy_repository_url}:${local.deployed_tag}"
 
   # No password in a URL: DATABASE_PASSWORD (from Secrets Manager) supplies it.
   # The migrate container connects as the master user and makes the API's own
@@ -259,6 +262,25 @@ resource "aws_secretsmanager_secret_version" "jwt" {
   secret_string = random_password.jwt[0].result
 }
 
+# ------------------------------------------------------- the deployed image
+
+# One owner of the running image: the pipeline. It writes the tag it deploys
+# here; Terraform reads it for the task definition and never writes it again
+# after creating it with image_tag (the first deploy's images).
+resource "aws_ssm_parameter" "image_tag" {
+  name        = "/${var.name}/deployed-image-tag"
+  description = "Image tag ${var.name} runs, written by the pipeline on every deploy; read by Terraform"
+  type        = "SecureString"
+  key_id      = var.kms_key_arn
+  value       = var.image_tag
+
+  tags = var.tags
+
+  lifecycle {
+    ignore_changes = [value]
+  }
+}
+
 # ------------------------------------------------- secret (API's DB role)
 
 # The API's own database password. Rotated by replacement every
@@ -448,8 +470,9 @@ resource "aws_ecs_task_definition" "this" {
   container_definitions = jsonencode(local.container_definitions)
 
   # The pipeline's ECS deploy action registers new revisions of this family
-  # (same definition, new image tag). Tracking the latest revision keeps
-  # Terraform from fighting it as long as image_tag is the deployed SHA.
+  # (same definition, new image tag). Tracking the latest revision, with the
+  # tag read from the parameter the pipeline writes, keeps Terraform from
+  # fighting it.
   track_latest = true
 
   tags = var.tags

@@ -47,3 +47,13 @@ output "redeploy_state_machine_arn" {
   description = "ARN of the state machine that forces a new deployment (also callable by hand), or null when disabled."
   value       = var.redeploy_on_secret_rotation ? aws_sfn_state_machine.redeploy[0].arn : null
 }
+
+output "deployed_tag_parameter_name" {
+  description = "SSM parameter holding the deployed image tag (the pipeline writes it; Terraform reads it)."
+  value       = aws_ssm_parameter.image_tag.name
+}
+
+output "deployed_tag_parameter_arn" {
+  description = "ARN of the deployed-image-tag parameter (the build role may write it)."
+  value       = aws_ssm_parameter.image_tag.arn
+}

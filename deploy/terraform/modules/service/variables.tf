@@ -83,7 +83,7 @@ variable "repository_arns" {
 }
 
 variable "image_tag" {
-  description = "Tag of both images to run: the full or short git commit SHA the pipeline built. Never a moving tag such as latest."
+  description = "Tag of both images for the first deploy only: it seeds the deployed-image-tag parameter, which the pipeline owns afterwards. A git commit SHA, never a moving tag such as latest."
   type        = string
 
   validation {
