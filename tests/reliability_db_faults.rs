@@ -34,18 +34,23 @@ fn server_env() -> Vec<(&'static str, &'static str)> {
 ///
 /// The full list is streamed: when the database fails after the 200 and the first rows went
 /// out, the only honest signal left is to abort the response, so the client sees an incomplete
-/// chunked body (never a complete-looking but truncated array). That is allowed outside the
-/// healthy phases; a 200 list whose body is not a whole JSON array never is.
+/// chunked body (never a complete-looking but truncated array). That is allowed unless the list
+/// was sent and finished within a healthy phase (one begun while healthy may be cut off by the
+/// fault that starts under it); a 200 list whose body is not a whole JSON array never is.
 fn defects(samples: &[Sample], down: &[u8], healthy: &[u8]) -> Vec<String> {
     let mut out = Vec::new();
     for s in samples {
         let reply = match &s.outcome {
             Ok(reply) => reply,
-            Err(e) if s.kind == "list" && e.starts_with(kit::load::BODY_ERROR) && !healthy.contains(&s.phase) => {
+            Err(e)
+                if s.kind == "list"
+                    && e.starts_with(kit::load::BODY_ERROR)
+                    && !healthy.iter().any(|p| s.within(*p)) =>
+            {
                 continue;
             }
             Err(e) => {
-                out.push(format!("phase {} {}: no answer: {e}", s.phase, s.kind));
+                out.push(format!("phase {}->{} {}: no answer: {e}", s.phase, s.phase_end, s.kind));
                 continue;
             }
         };

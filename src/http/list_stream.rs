@@ -124,18 +124,24 @@ async fn produce(
 
 /// The batch after `after`. A read is safe to repeat, so a connection found dead (one left from
 /// before a database restart, failing at once) costs a retry on another, not the stream the
-/// client has begun; a database that does not answer is not waited for twice.
+/// client has begun. After a restart every pooled connection may be dead, so up to one attempt
+/// per pooled connection plus a fresh one, within a short window; a database that does not
+/// answer is not waited for twice.
 async fn next_batch(state: &AppState, after: i64) -> Result<Vec<User>, StoreError> {
-    const ATTEMPTS: usize = 3;
     const QUICK_FAILURE: Duration = Duration::from_millis(500);
+    const RETRY_WINDOW: Duration = Duration::from_secs(1);
+    let attempts = state.store.pool_status().max + 1;
+    let began = std::time::Instant::now();
     let mut attempt = 1;
     loop {
         let started = std::time::Instant::now();
         match state.store.page(after, BATCH_USERS).await {
-            Err(StoreError::Unavailable(reason)) if attempt < ATTEMPTS && started.elapsed() < QUICK_FAILURE => {
+            Err(StoreError::Unavailable(reason))
+                if attempt < attempts && started.elapsed() < QUICK_FAILURE && began.elapsed() < RETRY_WINDOW =>
+            {
                 tracing::info!(%reason, attempt, "full-list batch failed at once; retrying");
                 attempt += 1;
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
             outcome => return outcome,
         }

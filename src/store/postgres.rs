@@ -136,7 +136,15 @@ impl PostgresStore {
             .map_err(|_| timed_out())?
             .map_err(pool_error)?;
         match tokio::time::timeout_at(deadline, query(&client).instrument(statement_span(SYSTEM, operation))).await {
-            Ok(result) => result.map_err(map_error),
+            Ok(Err(e)) => {
+                // The connection itself failed (no SQLSTATE, or the server ended the session): the
+                // pool must not hand it out again.
+                if e.code().is_none() || client.is_closed() {
+                    drop(Object::take(client));
+                }
+                Err(map_error(e))
+            }
+            Ok(Ok(value)) => Ok(value),
             Err(_) => {
                 // Its query may still be pending: the next user of the connection would wait behind it.
                 drop(Object::take(client));
