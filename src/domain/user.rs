@@ -1,4 +1,4 @@
-use serde::Serialize;
+use time::OffsetDateTime;
 
 use super::{Email, UserName};
 
@@ -9,13 +9,11 @@ pub struct NewUser {
     pub email: Email,
 }
 
-/// A stored user as the API returns it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+/// A stored user. How it is written on the wire is the HTTP layer's concern (`http::user_json`).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct User {
     pub id: i64,
     pub name: String,
     pub email: String,
-    /// RFC 3339, UTC, microsecond precision.
-    #[schema(format = DateTime)]
-    pub created_at: String,
+    pub created_at: OffsetDateTime,
 }

@@ -18,6 +18,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use super::AppState;
 use super::error::ApiError;
+use super::user_json::UserJson;
 use crate::domain::User;
 use crate::store::StoreError;
 
@@ -94,7 +95,7 @@ async fn produce(
                     buf.push(b',');
                 }
                 wrote_one = true;
-                serde_json::to_writer(&mut buf, user).expect("users serialise");
+                serde_json::to_writer(&mut buf, &UserJson(user)).expect("users serialise");
             }
             if !send(Ok(Bytes::from(buf))).await {
                 return;

@@ -9,6 +9,7 @@ mod middleware;
 mod openapi;
 mod rate_limit;
 pub mod request_id;
+mod user_json;
 mod users;
 
 use std::sync::Arc;

@@ -5,7 +5,18 @@ use utoipa::openapi::{OpenApi as OpenApiDoc, PathItem};
 use utoipa::{Modify, OpenApi, ToSchema};
 
 use super::error::FieldError;
-use crate::domain::User;
+
+/// A user as the API returns it (written by `user_json::UserJson`).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct User {
+    id: i64,
+    name: String,
+    email: String,
+    /// RFC 3339, UTC, microsecond precision.
+    #[schema(format = DateTime)]
+    created_at: String,
+}
 
 /// Body of POST /user.
 #[derive(ToSchema)]

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use super::AppState;
 use super::error::{ApiError, FieldError};
 use super::extract::NewUserJson;
-use crate::domain::User;
+use super::user_json::UserJson;
 
 /// Largest page `?limit=` may ask for.
 pub const MAX_PAGE_SIZE: u32 = 1000;
@@ -33,7 +33,7 @@ pub fn router() -> Router<Arc<AppState>> {
     tag = "users",
     request_body(content = super::openapi::NewUserRequest, content_type = "application/json"),
     responses(
-        (status = 201, description = "Created", body = User,
+        (status = 201, description = "Created", body = super::openapi::User,
             headers(("Location" = String, description = "/users/{id} of the new user"))),
         (status = 400, description = "Invalid field, malformed JSON, or email_taken", body = super::openapi::Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or invalid bearer token", body = super::openapi::Problem, content_type = "application/problem+json"),
@@ -52,7 +52,7 @@ pub(super) async fn create_user(
 ) -> Result<Response, ApiError> {
     let user = state.store.create(new_user).await?;
     let location = HeaderValue::from_str(&format!("/users/{}", user.id)).expect("an id is a valid header");
-    Ok((StatusCode::CREATED, [(header::LOCATION, location)], json(&user)).into_response())
+    Ok((StatusCode::CREATED, [(header::LOCATION, location)], json(&UserJson(&user))).into_response())
 }
 
 #[utoipa::path(
@@ -61,7 +61,7 @@ pub(super) async fn create_user(
     tag = "users",
     params(("id" = String, Path, description = "User id (a positive integer); anything else is 404")),
     responses(
-        (status = 200, description = "The user", body = User),
+        (status = 200, description = "The user", body = super::openapi::User),
         (status = 401, description = "Missing or invalid bearer token", body = super::openapi::Problem, content_type = "application/problem+json"),
         (status = 403, description = "Token lacks users:read", body = super::openapi::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such user", body = super::openapi::Problem, content_type = "application/problem+json"),
@@ -82,7 +82,7 @@ pub(super) async fn get_user(
         .filter(|id| *id > 0)
         .ok_or(ApiError::NotFound(MISSING))?;
     match state.store.get(id).await? {
-        Some(user) => Ok(json(&user)),
+        Some(user) => Ok(json(&UserJson(&user))),
         None => Err(ApiError::NotFound(MISSING)),
     }
 }
@@ -102,7 +102,7 @@ pub(super) struct ListParams {
         ("after" = Option<String>, Query, description = "Return users with id greater than this (keyset paging)."),
     ),
     responses(
-        (status = 200, description = "Users ordered by id", body = Vec<User>,
+        (status = 200, description = "Users ordered by id", body = Vec<super::openapi::User>,
             headers(("Link" = String, description = "<…>; rel=\"next\" while more pages remain"))),
         (status = 400, description = "Bad limit or after", body = super::openapi::Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or invalid bearer token", body = super::openapi::Problem, content_type = "application/problem+json"),
@@ -140,7 +140,7 @@ pub(super) async fn list_users(
     let mut users = state.store.page(after, limit + 1).await?;
     let more = users.len() > limit as usize;
     users.truncate(limit as usize);
-    let mut response = json(&users);
+    let mut response = json(&users.iter().map(UserJson).collect::<Vec<_>>());
     if more && let Some(last) = users.last() {
         let link = format!("</users?limit={limit}&after={}>; rel=\"next\"", last.id);
         response.headers_mut().insert(header::LINK, HeaderValue::from_str(&link).expect("ascii link"));

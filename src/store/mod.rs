@@ -274,7 +274,7 @@ pub fn redact(url: &str) -> String {
     }
 }
 
-/// Creation time as stored and returned: RFC 3339, UTC, microseconds.
+/// Creation time as SQLite's text column keeps it: RFC 3339, UTC, microseconds.
 pub(crate) fn format_timestamp(t: time::OffsetDateTime) -> String {
     let t = t.to_offset(time::UtcOffset::UTC);
     format!(
@@ -287,6 +287,16 @@ pub(crate) fn format_timestamp(t: time::OffsetDateTime) -> String {
         t.second(),
         t.microsecond()
     )
+}
+
+/// A timestamp SQLite's text column holds (any RFC 3339 form, as earlier releases wrote it too).
+pub(crate) fn parse_timestamp(text: &str) -> Result<time::OffsetDateTime, time::error::Parse> {
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+}
+
+/// `t` without its sub-microsecond part: the precision both stores keep.
+pub(crate) fn truncate_to_micros(t: time::OffsetDateTime) -> time::OffsetDateTime {
+    t.replace_nanosecond(t.microsecond() * 1_000).expect("a whole number of microseconds is a valid nanosecond")
 }
 
 #[cfg(test)]
@@ -304,5 +314,6 @@ mod tests {
     fn timestamps_are_rfc3339_with_microseconds() {
         let t = time::macros::datetime!(2026-01-02 03:04:05.123456789 UTC);
         assert_eq!(format_timestamp(t), "2026-01-02T03:04:05.123456Z");
+        assert_eq!(parse_timestamp(&format_timestamp(t)).unwrap(), truncate_to_micros(t));
     }
 }

@@ -12,7 +12,7 @@ mod app_role;
 
 use super::postgres_writer::InsertBatcher;
 use super::rekey::{self, Migration, StoredEmail};
-use super::{StoreError, StoreOptions, format_timestamp, pool_wait_span, statement_span};
+use super::{StoreError, StoreOptions, pool_wait_span, statement_span};
 use crate::domain::{NewUser, User};
 
 const MIGRATIONS: &[(i64, Migration)] =
@@ -181,7 +181,7 @@ async fn rekey_emails(tx: &tokio_postgres::Transaction<'_>) -> Result<(), tokio_
 }
 
 fn row_to_user(row: &Row) -> User {
-    User { id: row.get(0), name: row.get(1), email: row.get(2), created_at: format_timestamp(row.get(3)) }
+    User { id: row.get(0), name: row.get(1), email: row.get(2), created_at: row.get(3) }
 }
 
 pub(super) fn pool_error(e: PoolError) -> StoreError {

@@ -12,9 +12,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tracing::Instrument;
 
 use super::postgres::{SYSTEM, map_error, pool_error};
-use super::{
-    COMMIT_GRACE, StoreError, WriteJob, await_write, format_timestamp, pool_wait_span, statement_span, write_batch_span,
-};
+use super::{COMMIT_GRACE, StoreError, WriteJob, await_write, pool_wait_span, statement_span, write_batch_span};
 use crate::domain::{NewUser, User};
 
 const QUEUE_CAPACITY: usize = 4096;
@@ -162,7 +160,7 @@ async fn insert_batch(pool: &Pool, batch: Vec<WriteJob>) {
                 id,
                 name: job.user.name.as_str().to_owned(),
                 email: job.user.email.as_str().to_owned(),
-                created_at: format_timestamp(created_at),
+                created_at,
             }),
             None => Err(StoreError::EmailTaken),
         };

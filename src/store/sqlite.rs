@@ -14,7 +14,8 @@ use super::rekey::{self, Migration, StoredEmail};
 use tracing::Instrument;
 
 use super::{
-    StoreError, StoreOptions, WriteJob, await_write, format_timestamp, pool_wait_span, statement_span, write_batch_span,
+    StoreError, StoreOptions, WriteJob, await_write, format_timestamp, parse_timestamp, pool_wait_span, statement_span,
+    truncate_to_micros, write_batch_span,
 };
 use crate::domain::{NewUser, User};
 
@@ -248,7 +249,9 @@ fn commit_batch(conn: &Connection, batch: &mut Vec<WriteJob>) {
     span.record("db.operation.batch.size", jobs.len() as i64);
     let _entered = span.enter();
     let started = Instant::now();
-    let created_at = format_timestamp(time::OffsetDateTime::now_utc());
+    // Microseconds: what the column keeps, so a 201 and a later read show the same instant.
+    let created_at = truncate_to_micros(time::OffsetDateTime::now_utc());
+    let stored_created_at = format_timestamp(created_at);
     let outcome = (|| -> rusqlite::Result<Vec<Result<User, StoreError>>> {
         conn.busy_timeout(start_by.saturating_duration_since(Instant::now()))?;
         // IMMEDIATE: the write lock is taken here, once, not by the first insert.
@@ -261,12 +264,12 @@ fn commit_batch(conn: &Connection, batch: &mut Vec<WriteJob>) {
             for WriteJob { user, .. } in &jobs {
                 // A failed statement rolls back only itself; the rest of the batch commits.
                 let result = insert
-                    .execute(params![user.name.as_str(), user.email.as_str(), user.email.key(), created_at])
+                    .execute(params![user.name.as_str(), user.email.as_str(), user.email.key(), stored_created_at])
                     .map(|_| User {
                         id: tx.last_insert_rowid(),
                         name: user.name.as_str().to_owned(),
                         email: user.email.as_str().to_owned(),
-                        created_at: created_at.clone(),
+                        created_at,
                     })
                     .map_err(map_error);
                 results.push(result);
@@ -298,7 +301,9 @@ fn commit_batch(conn: &Connection, batch: &mut Vec<WriteJob>) {
 }
 
 fn row_to_user(row: &rusqlite::Row<'_>) -> rusqlite::Result<User> {
-    Ok(User { id: row.get(0)?, name: row.get(1)?, email: row.get(2)?, created_at: row.get(3)? })
+    let created_at = parse_timestamp(row.get_ref(3)?.as_str()?)
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(3, rusqlite::types::Type::Text, Box::new(e)))?;
+    Ok(User { id: row.get(0)?, name: row.get(1)?, email: row.get(2)?, created_at })
 }
 
 fn is_unavailable(e: &rusqlite::Error) -> bool {
