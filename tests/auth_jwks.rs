@@ -81,8 +81,9 @@ async fn slow_jwks_server(keys: Value, delay: Duration) -> (String, Arc<AtomicUs
     (url, fetches, served)
 }
 
+/// A page, not the full-list download: twenty of those at once would meet MAX_LIST_STREAMS (16).
 async fn get_users(app: &TestApp, token: &str) -> reqwest::Response {
-    app.client.get(app.url("/users")).bearer_auth(token).send().await.unwrap()
+    app.client.get(app.url("/users?limit=100")).bearer_auth(token).send().await.unwrap()
 }
 
 async fn create_user(app: &TestApp, token: &str, email: &str) -> reqwest::Response {
