@@ -274,19 +274,11 @@ pub fn redact(url: &str) -> String {
     }
 }
 
-/// Creation time as SQLite's text column keeps it: RFC 3339, UTC, microseconds.
+/// A timestamp as SQLite's text column keeps it: RFC 3339, UTC.
 pub(crate) fn format_timestamp(t: time::OffsetDateTime) -> String {
-    let t = t.to_offset(time::UtcOffset::UTC);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second(),
-        t.microsecond()
-    )
+    t.to_offset(time::UtcOffset::UTC)
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("a UTC timestamp of this era has an RFC 3339 form")
 }
 
 /// A timestamp SQLite's text column holds (any RFC 3339 form, as earlier releases wrote it too).
@@ -313,7 +305,10 @@ mod tests {
     #[test]
     fn timestamps_are_rfc3339_with_microseconds() {
         let t = time::macros::datetime!(2026-01-02 03:04:05.123456789 UTC);
-        assert_eq!(format_timestamp(t), "2026-01-02T03:04:05.123456Z");
-        assert_eq!(parse_timestamp(&format_timestamp(t)).unwrap(), truncate_to_micros(t));
+        let stored = truncate_to_micros(t);
+        assert_eq!(format_timestamp(stored), "2026-01-02T03:04:05.123456Z");
+        assert_eq!(parse_timestamp(&format_timestamp(stored)).unwrap(), stored);
+        // Rows written by earlier releases (always six digits) read back the same.
+        assert_eq!(parse_timestamp("2026-01-02T03:04:05.120000Z").unwrap().microsecond(), 120_000);
     }
 }
