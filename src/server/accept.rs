@@ -85,17 +85,7 @@ pub(super) async fn serve(
         });
     };
 
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, remote)) => accept(stream, remote, &mut tasks),
-                Err(e) => accept_failed(e).await,
-            },
-            Some(_) = tasks.join_next() => {}
-            () = &mut shutdown => break,
-        }
-    }
+    accept_until(&listener, &mut tasks, &mut accept, shutdown).await;
 
     // Drain: /ready fails and every answer carries `Connection: close` from here on.
     state.draining.store(true, Ordering::Relaxed);
@@ -104,17 +94,7 @@ pub(super) async fn serve(
         delay_secs = settings.shutdown_delay.as_secs(),
         "shutdown requested; draining"
     );
-    let mut delay = std::pin::pin!(tokio::time::sleep(settings.shutdown_delay));
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, remote)) => accept(stream, remote, &mut tasks),
-                Err(e) => accept_failed(e).await,
-            },
-            Some(_) = tasks.join_next() => {}
-            () = &mut delay => break,
-        }
-    }
+    accept_until(&listener, &mut tasks, &mut accept, tokio::time::sleep(settings.shutdown_delay)).await;
     // Connections the kernel has completed but we have not accepted would be reset by the
     // close, after their client may have sent a request: take them all first. (One completed
     // between this last accept and the close is still reset: microseconds; behind a balancer
@@ -149,6 +129,26 @@ pub(super) async fn serve(
         }
     }
     tasks.abort_all();
+}
+
+/// Accepts (and reaps finished connections) until `until` resolves.
+async fn accept_until(
+    listener: &TcpListener,
+    tasks: &mut JoinSet<()>,
+    accept: &mut impl FnMut(TcpStream, SocketAddr, &mut JoinSet<()>),
+    until: impl Future<Output = ()>,
+) {
+    let mut until = std::pin::pin!(until);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, remote)) => accept(stream, remote, tasks),
+                Err(e) => accept_failed(e).await,
+            },
+            Some(_) = tasks.join_next() => {}
+            () = &mut until => return,
+        }
+    }
 }
 
 /// Out of descriptors (or another transient accept error): pause instead of spinning.
