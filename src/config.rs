@@ -85,6 +85,37 @@ pub struct DatabaseConfig {
     pub database_timeout_secs: u64,
 }
 
+/// A streaming read replica of the PostgreSQL primary: reads by id and pages go there while it
+/// is within the lag bound (same credentials, DATABASE_PASSWORD and DATABASE_CA_FILE).
+#[derive(Debug, Clone, Args)]
+pub struct ReadReplicaConfig {
+    /// Read replica: postgres://USER@HOST:PORT/DB (optional; PostgreSQL only).
+    #[arg(long, env = "DATABASE_READ_URL", hide_env_values = true)]
+    pub database_read_url: Option<String>,
+    /// Replay lag above which reads go to the primary, e.g. 5s, 500ms.
+    #[arg(long, env = "DATABASE_READ_MAX_LAG", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub database_read_max_lag: Duration,
+    /// Connections in the replica pool (default: DATABASE_MAX_CONNECTIONS).
+    #[arg(long, env = "DATABASE_READ_MAX_CONNECTIONS")]
+    pub database_read_max_connections: Option<usize>,
+}
+
+impl ReadReplicaConfig {
+    /// The replica, when DATABASE_READ_URL is set and not empty.
+    pub fn replica_options(&self) -> Option<crate::store::ReplicaOptions> {
+        non_empty(&self.database_read_url).map(|url| crate::store::ReplicaOptions {
+            url: url.to_owned(),
+            max_lag: self.database_read_max_lag,
+            max_connections: self.database_read_max_connections,
+        })
+    }
+
+    /// Database connections the replica pool may open (0 without a replica).
+    pub fn connections(&self, database: &DatabaseConfig) -> usize {
+        self.replica_options().map_or(0, |replica| replica.max_connections.unwrap_or(database.database_max_connections))
+    }
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct MigrateConfig {
     #[command(flatten)]
@@ -106,6 +137,9 @@ pub struct ServeConfig {
 
     #[command(flatten)]
     pub database: DatabaseConfig,
+
+    #[command(flatten)]
+    pub read_replica: ReadReplicaConfig,
 
     /// Seconds a request may take before it is answered 503.
     #[arg(long, env = "REQUEST_TIMEOUT_SECS", default_value_t = 10)]
@@ -364,6 +398,7 @@ impl DatabaseConfig {
             password: self.database_password.clone(),
             timeout: Duration::from_secs(self.database_timeout_secs),
             ca_file: self.database_ca_file.clone(),
+            replica: None,
         }
     }
 }

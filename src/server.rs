@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 use crate::auth::Authenticator;
 use crate::config::ServeConfig;
 use crate::http::{AppState, Guards, ListStreams, RateLimiter, app};
-use crate::store::{Store, redact};
+use crate::store::{Store, StoreOptions, redact};
 
 pub use connection::InFlight;
 
@@ -44,7 +44,8 @@ impl Application {
             config.request_timeout_secs,
             database.database_timeout_secs
         );
-        let store = Store::connect(&database.database_url, &database.store_options()).await?;
+        let options = StoreOptions { replica: config.read_replica.replica_options(), ..database.store_options() };
+        let store = Store::connect(&database.database_url, &options).await?;
         if !config.skip_migrations {
             store.migrate().await.with_context(|| format!("migrating {}", redact(&database.database_url)))?;
         }
@@ -71,6 +72,7 @@ impl Application {
             metrics = ?metrics_listener.as_ref().and_then(|l| l.local_addr().ok()),
             store = store.backend(),
             database = %redact(&database.database_url),
+            read_replica = options.replica.as_ref().map(|r| redact(&r.url)),
             auth = authenticator.is_some(),
             descriptor_limit,
             "listening"
@@ -130,7 +132,7 @@ impl Application {
             max_connections: descriptors::connection_cap(
                 connections.max_connections,
                 descriptor_limit,
-                config.database.database_max_connections,
+                config.database.database_max_connections + config.read_replica.connections(&config.database),
             ),
             shutdown_delay: config.shutdown_delay(),
             grace: config.shutdown_grace(),

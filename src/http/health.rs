@@ -21,15 +21,16 @@ pub(super) async fn health() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// Readiness: the database answers, and the instance is not draining.
+/// Readiness: the instance is not draining and can serve reads: the database answers, or, with a
+/// read replica, the replica is usable (a primary outage then leaves reads working and writes 503).
 #[utoipa::path(get, path = "/ready", tag = "probes", responses(
     (status = 200, description = "Ready", body = super::openapi::Status),
-    (status = 503, description = "Database unavailable or draining", body = super::openapi::Problem, content_type = "application/problem+json"),
+    (status = 503, description = "Database (and read replica) unavailable, or draining", body = super::openapi::Problem, content_type = "application/problem+json"),
 ))]
 pub(super) async fn ready(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
     if state.draining.load(Ordering::Relaxed) {
         return Err(ApiError::Unavailable { retry_after_secs: 5 });
     }
-    state.store.ping().await?;
+    state.store.ready().await?;
     Ok(Json(json!({"status": "ok"})))
 }

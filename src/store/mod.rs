@@ -26,11 +26,24 @@ pub struct StoreOptions {
     /// CA bundle to verify the PostgreSQL server's certificate against (TLS is used when
     /// the URL's sslmode asks for it; without a bundle it encrypts without verifying).
     pub ca_file: Option<std::path::PathBuf>,
+    /// A PostgreSQL read replica for reads by id and pages (PostgreSQL only).
+    pub replica: Option<ReplicaOptions>,
+}
+
+/// Where reads go when they can: a streaming replica of the primary, with the same credentials
+/// and CA bundle.
+#[derive(Debug, Clone)]
+pub struct ReplicaOptions {
+    pub url: String,
+    /// Above this replay lag, reads go to the primary.
+    pub max_lag: Duration,
+    /// The replica pool's size; the primary's when unset.
+    pub max_connections: Option<usize>,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        Self { max_connections: 10, password: None, timeout: Duration::from_secs(3), ca_file: None }
+        Self { max_connections: 10, password: None, timeout: Duration::from_secs(3), ca_file: None, replica: None }
     }
 }
 
@@ -77,6 +90,7 @@ impl Store {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             Ok(Self::Postgres(PostgresStore::connect(url, options)?))
         } else if let Some(path) = url.strip_prefix("sqlite:") {
+            anyhow::ensure!(options.replica.is_none(), "DATABASE_READ_URL needs a PostgreSQL DATABASE_URL");
             let path = path.trim_start_matches("//");
             let path = path.split_once('?').map_or(path, |(p, _)| p);
             anyhow::ensure!(!path.is_empty(), "DATABASE_URL names no SQLite file: {url:?}");
@@ -151,11 +165,12 @@ impl Store {
         result
     }
 
-    /// Succeeds when the database answers a trivial query.
-    pub async fn ping(&self) -> Result<(), StoreError> {
+    /// Readiness: the store can serve reads. With a read replica that is usable, that holds
+    /// even while the primary does not answer (writes then answer 503).
+    pub async fn ready(&self) -> Result<(), StoreError> {
         match self {
             Self::Sqlite(s) => s.ping().await,
-            Self::Postgres(s) => s.ping().await,
+            Self::Postgres(s) => s.ready().await,
         }
     }
 

@@ -9,11 +9,13 @@ use tokio_postgres::error::SqlState;
 use tracing::Instrument;
 
 mod app_role;
+mod replica;
 
 use super::postgres_writer::InsertBatcher;
 use super::rekey::{self, Migration, StoredEmail};
 use super::{StoreError, StoreOptions, pool_wait_span, statement_span};
 use crate::domain::{NewUser, User};
+use replica::{ReadPool, Replica};
 
 const MIGRATIONS: &[(i64, Migration)] =
     &[(1, Migration::Sql(include_str!("migrations/postgres/0001_users.sql"))), (2, Migration::RekeyEmails)];
@@ -25,36 +27,23 @@ const SELECT_USER: &str = "SELECT id, name, email, created_at FROM users";
 
 pub struct PostgresStore {
     pool: Pool,
+    /// Serves reads while it is healthy and caught up (`DATABASE_READ_URL`).
+    replica: Option<Replica>,
     writer: InsertBatcher,
     timeout: Duration,
 }
 
 impl PostgresStore {
     pub fn connect(url: &str, options: &StoreOptions) -> anyhow::Result<Self> {
-        let mut config = super::tls::parse_url(url, options.ca_file.as_deref())?;
-        if let Some(password) = &options.password {
-            config.password(password);
-        }
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(options.timeout);
-        }
-        if config.get_application_name().is_none() {
-            config.application_name("users-api");
-        }
-        let tls = super::tls::connector(options.ca_file.as_deref())?;
-        let manager = Manager::from_config(config, tls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
-        let pool = Pool::builder(manager)
-            .max_size(options.max_connections.max(1))
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(options.timeout))
-            .create_timeout(Some(options.timeout))
-            .recycle_timeout(Some(options.timeout))
-            .post_create(statement_timeout_hook(options.timeout))
-            .build()
+        let pool = build_pool(url, options, options.max_connections, options.timeout)
             .context("building the PostgreSQL pool")?;
+        let replica = match &options.replica {
+            Some(replica) => Some(Replica::start(replica, options)?),
+            None => None,
+        };
         // Half the connections for batched inserts, the rest stay free for reads.
         let writer = InsertBatcher::start(pool.clone(), options.timeout, options.max_connections / 2);
-        Ok(Self { pool, writer, timeout: options.timeout })
+        Ok(Self { pool, replica, writer, timeout: options.timeout })
     }
 
     pub async fn migrate(&self) -> anyhow::Result<()> {
@@ -89,24 +78,39 @@ impl PostgresStore {
         self.writer.insert(user).await
     }
 
+    /// From the replica when it is usable; a miss there (a user created moments ago, not yet
+    /// replayed) or a failure is asked again of the primary: a 201's user is never a 404.
     pub async fn get(&self, id: i64) -> Result<Option<User>, StoreError> {
-        let row = self
-            .with_client("SELECT users", async |client| {
-                let stmt = client.prepare_cached(&format!("{SELECT_USER} WHERE id = $1")).await?;
-                client.query_opt(&stmt, &[&id]).await
-            })
-            .await?;
-        Ok(row.as_ref().map(row_to_user))
+        if let Some(replica) = self.usable_replica() {
+            match select_user(replica.pool(), replica.timeout(), id).await {
+                Ok(Some(user)) => {
+                    replica.served(ReadPool::Replica);
+                    return Ok(Some(user));
+                }
+                Ok(None) => {}
+                Err(e) => replica.failed(&e),
+            }
+        }
+        let user = select_user(&self.pool, self.timeout, id).await;
+        self.count_primary_read();
+        user
     }
 
+    /// From the replica when it is usable (a page may lag the primary by up to the lag bound),
+    /// else, or when the replica fails, from the primary.
     pub async fn page(&self, after: i64, limit: u32) -> Result<Vec<User>, StoreError> {
-        let rows = self
-            .with_client("SELECT users", async |client| {
-                let stmt = client.prepare_cached(&format!("{SELECT_USER} WHERE id > $1 ORDER BY id LIMIT $2")).await?;
-                client.query(&stmt, &[&after, &i64::from(limit)]).await
-            })
-            .await?;
-        Ok(rows.iter().map(row_to_user).collect())
+        if let Some(replica) = self.usable_replica() {
+            match select_page(replica.pool(), replica.timeout(), after, limit).await {
+                Ok(users) => {
+                    replica.served(ReadPool::Replica);
+                    return Ok(users);
+                }
+                Err(e) => replica.failed(&e),
+            }
+        }
+        let users = select_page(&self.pool, self.timeout, after, limit).await;
+        self.count_primary_read();
+        users
     }
 
     pub fn pool_status(&self) -> deadpool_postgres::Status {
@@ -114,42 +118,110 @@ impl PostgresStore {
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
-        self.with_client("SELECT 1", async |client| client.simple_query("SELECT 1").await.map(|_| ())).await
+        with_client(&self.pool, self.timeout, "SELECT 1", async |client| {
+            client.simple_query("SELECT 1").await.map(|_| ())
+        })
+        .await
+    }
+
+    /// Ready while reads can be served: the replica is usable (it answered the last lag poll
+    /// and is within the bound), or else the primary answers.
+    pub async fn ready(&self) -> Result<(), StoreError> {
+        if self.usable_replica().is_some() {
+            return Ok(());
+        }
+        self.ping().await
+    }
+
+    fn usable_replica(&self) -> Option<&Replica> {
+        self.replica.as_ref().filter(|replica| replica.usable())
+    }
+
+    fn count_primary_read(&self) {
+        if let Some(replica) = &self.replica {
+            replica.served(ReadPool::Primary);
+        }
     }
 
     pub fn close(&self) {
         self.pool.close();
+        if let Some(replica) = &self.replica {
+            replica.close();
+        }
     }
+}
 
-    /// Gets a pooled connection and runs `query` on it, both within one time bound (the
-    /// configured timeout, not one per step); past it the caller gets 503. `operation` names
-    /// the statement's span.
-    async fn with_client<T>(
-        &self,
-        operation: &'static str,
-        query: impl AsyncFnOnce(&Object) -> Result<T, tokio_postgres::Error>,
-    ) -> Result<T, StoreError> {
-        let deadline = tokio::time::Instant::now() + self.timeout;
-        let timed_out = || StoreError::Unavailable("timed out waiting for the database".into());
-        let client = tokio::time::timeout_at(deadline, self.pool.get().instrument(pool_wait_span(SYSTEM)))
-            .await
-            .map_err(|_| timed_out())?
-            .map_err(pool_error)?;
-        match tokio::time::timeout_at(deadline, query(&client).instrument(statement_span(SYSTEM, operation))).await {
-            Ok(Err(e)) => {
-                // The connection itself failed (no SQLSTATE, or the server ended the session): the
-                // pool must not hand it out again.
-                if e.code().is_none() || client.is_closed() {
-                    drop(Object::take(client));
-                }
-                Err(map_error(e))
-            }
-            Ok(Ok(value)) => Ok(value),
-            Err(_) => {
-                // Its query may still be pending: the next user of the connection would wait behind it.
+async fn select_user(pool: &Pool, timeout: Duration, id: i64) -> Result<Option<User>, StoreError> {
+    let row = with_client(pool, timeout, "SELECT users", async |client| {
+        let stmt = client.prepare_cached(&format!("{SELECT_USER} WHERE id = $1")).await?;
+        client.query_opt(&stmt, &[&id]).await
+    })
+    .await?;
+    Ok(row.as_ref().map(row_to_user))
+}
+
+async fn select_page(pool: &Pool, timeout: Duration, after: i64, limit: u32) -> Result<Vec<User>, StoreError> {
+    let rows = with_client(pool, timeout, "SELECT users", async |client| {
+        let stmt = client.prepare_cached(&format!("{SELECT_USER} WHERE id > $1 ORDER BY id LIMIT $2")).await?;
+        client.query(&stmt, &[&after, &i64::from(limit)]).await
+    })
+    .await?;
+    Ok(rows.iter().map(row_to_user).collect())
+}
+
+/// A pool of `max_size` connections to `url`, every step (waiting, connecting, each statement)
+/// bounded by `timeout`.
+fn build_pool(url: &str, options: &StoreOptions, max_size: usize, timeout: Duration) -> anyhow::Result<Pool> {
+    let mut config = super::tls::parse_url(url, options.ca_file.as_deref())?;
+    if let Some(password) = &options.password {
+        config.password(password);
+    }
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(timeout);
+    }
+    if config.get_application_name().is_none() {
+        config.application_name("users-api");
+    }
+    let tls = super::tls::connector(options.ca_file.as_deref())?;
+    let manager = Manager::from_config(config, tls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+    Ok(Pool::builder(manager)
+        .max_size(max_size.max(1))
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(timeout))
+        .create_timeout(Some(timeout))
+        .recycle_timeout(Some(timeout))
+        .post_create(statement_timeout_hook(timeout))
+        .build()?)
+}
+
+/// Gets a pooled connection and runs `query` on it, both within one time bound (`timeout`, not
+/// one per step); past it the caller gets 503. `operation` names the statement's span.
+async fn with_client<T>(
+    pool: &Pool,
+    timeout: Duration,
+    operation: &'static str,
+    query: impl AsyncFnOnce(&Object) -> Result<T, tokio_postgres::Error>,
+) -> Result<T, StoreError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let timed_out = || StoreError::Unavailable("timed out waiting for the database".into());
+    let client = tokio::time::timeout_at(deadline, pool.get().instrument(pool_wait_span(SYSTEM)))
+        .await
+        .map_err(|_| timed_out())?
+        .map_err(pool_error)?;
+    match tokio::time::timeout_at(deadline, query(&client).instrument(statement_span(SYSTEM, operation))).await {
+        Ok(Err(e)) => {
+            // The connection itself failed (no SQLSTATE, or the server ended the session): the
+            // pool must not hand it out again.
+            if e.code().is_none() || client.is_closed() {
                 drop(Object::take(client));
-                Err(timed_out())
             }
+            Err(map_error(e))
+        }
+        Ok(Ok(value)) => Ok(value),
+        Err(_) => {
+            // Its query may still be pending: the next user of the connection would wait behind it.
+            drop(Object::take(client));
+            Err(timed_out())
         }
     }
 }

@@ -142,19 +142,7 @@ pub struct PgCluster {
 
 impl PgCluster {
     pub fn init() -> Self {
-        let bindir = pg_bindir();
-        let dir = tempfile::tempdir().expect("temp dir");
-        let run_as_postgres = nix::unistd::geteuid().is_root();
-        if run_as_postgres {
-            let user = nix::unistd::User::from_name("postgres")
-                .ok()
-                .flatten()
-                .expect("running as root, a `postgres` user is needed to run a PostgreSQL cluster");
-            std::os::unix::fs::chown(dir.path(), Some(user.uid.as_raw()), Some(user.gid.as_raw()))
-                .expect("chown of the cluster dir");
-        }
-        let data = dir.path().join("data");
-        let cluster = Self { port: free_port(), bindir, dir, data, run_as_postgres };
+        let cluster = Self::empty();
         let out = cluster
             .pg_command("initdb")
             .args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync", "-D"])
@@ -169,6 +157,64 @@ impl PgCluster {
         );
         cluster.start();
         cluster
+    }
+
+    /// A hot-standby streaming replica of `primary` (`pg_basebackup -R`: initdb's defaults allow
+    /// replication connections from 127.0.0.1), started on a port of its own. Call
+    /// `wait_streaming` before relying on it.
+    pub fn replica_of(primary: &PgCluster) -> Self {
+        let replica = Self::empty();
+        let out = replica
+            .pg_command("pg_basebackup")
+            .args(["-h", "127.0.0.1", "-p", &primary.port.to_string(), "-U", "postgres"])
+            .args(["-X", "stream", "-R", "--no-sync", "-D"])
+            .arg(&replica.data)
+            .output()
+            .expect("running pg_basebackup");
+        assert!(
+            out.status.success(),
+            "pg_basebackup failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        replica.start();
+        replica
+    }
+
+    /// Waits until this replica's WAL receiver streams from its primary; panics past `timeout`.
+    pub async fn wait_streaming(&self, timeout: std::time::Duration) {
+        let client = pg_connect("127.0.0.1", self.port, "postgres").await;
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let status: Option<String> = client
+                .query_opt("SELECT status FROM pg_stat_wal_receiver", &[])
+                .await
+                .expect("reading pg_stat_wal_receiver")
+                .map(|row| row.get(0));
+            if status.as_deref() == Some("streaming") {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "the replica is not streaming after {timeout:?}: {status:?}");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
+    /// A data directory in a fresh temp dir (owned by `postgres` when running as root) and a
+    /// free port; nothing created or started yet.
+    fn empty() -> Self {
+        let bindir = pg_bindir();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let run_as_postgres = nix::unistd::geteuid().is_root();
+        if run_as_postgres {
+            let user = nix::unistd::User::from_name("postgres")
+                .ok()
+                .flatten()
+                .expect("running as root, a `postgres` user is needed to run a PostgreSQL cluster");
+            std::os::unix::fs::chown(dir.path(), Some(user.uid.as_raw()), Some(user.gid.as_raw()))
+                .expect("chown of the cluster dir");
+        }
+        let data = dir.path().join("data");
+        Self { port: free_port(), bindir, dir, data, run_as_postgres }
     }
 
     fn pg_command(&self, program: &str) -> Command {
