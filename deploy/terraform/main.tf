@@ -204,6 +204,8 @@ module "database" {
   multi_az                     = var.db_multi_az
   deletion_protection          = var.db_deletion_protection
   backup_retention_days        = var.db_backup_retention_days
+  read_replica_enabled         = var.read_replica_enabled
+  read_replica_instance_class  = var.db_read_replica_instance_class
   log_retention_days           = var.log_retention_days
   kms_key_arn                  = aws_kms_key.this.arn
   tags                         = local.tags
@@ -264,6 +266,10 @@ module "service" {
   database_max_connections = var.database_max_connections
 
   db_address                  = module.database.address
+  api_db_address              = var.use_rds_proxy ? aws_db_proxy.this[0].endpoint : ""
+  create_proxy_auth_secret    = var.use_rds_proxy
+  db_read_address             = module.database.replica_address
+  database_read_max_lag       = var.database_read_max_lag
   db_port                     = module.database.port
   db_name                     = module.database.db_name
   db_username                 = module.database.username
@@ -288,9 +294,9 @@ module "service" {
   metrics_log_group_arn    = module.observability.metrics_log_group_arn
   metrics_namespace        = module.observability.metrics_namespace
   trace_sample_ratio       = var.trace_sample_ratio
-  log_retention_days   = var.log_retention_days
-  kms_key_arn          = aws_kms_key.this.arn
-  tags                 = local.tags
+  log_retention_days       = var.log_retention_days
+  kms_key_arn              = aws_kms_key.this.arn
+  tags                     = local.tags
 }
 
 module "observability" {
@@ -307,9 +313,10 @@ module "observability" {
   target_group_arn_suffix    = module.alb.target_group_arn_suffix
   db_instance_identifier     = module.database.identifier
   db_allocated_storage_bytes = module.database.allocated_storage_bytes
-  # The most connections the fleet holds legitimately: max_tasks during a
-  # deployment's surge (old and new tasks side by side), each with a full pool.
-  db_connections_threshold = ceil(var.max_tasks * local.deployment_maximum_percent / 100) * var.database_max_connections
+  # The most connections the service holds legitimately on the primary
+  # (connection_budget.tf): the fleet at deployment surge, or the proxy's pool.
+  db_connections_threshold = local.primary_service_connections
+  db_replica_identifier    = module.database.replica_identifier
 
   tags = local.tags
 }
@@ -335,12 +342,12 @@ module "pipeline" {
   task_definition_family = module.service.task_definition_family
   pass_role_arns         = [module.service.execution_role_arn, module.service.task_role_arn]
 
-  codebuild_log_group_name = module.observability.codebuild_log_group_name
-  codebuild_log_group_arn  = module.observability.codebuild_log_group_arn
-  access_log_bucket        = module.alb.log_bucket_id
-  notification_topic_arn   = module.observability.alarm_topic_arn
+  codebuild_log_group_name    = module.observability.codebuild_log_group_name
+  codebuild_log_group_arn     = module.observability.codebuild_log_group_arn
+  access_log_bucket           = module.alb.log_bucket_id
+  notification_topic_arn      = module.observability.alarm_topic_arn
   deployed_tag_parameter_name = module.service.deployed_tag_parameter_name
   deployed_tag_parameter_arn  = module.service.deployed_tag_parameter_arn
-  kms_key_arn              = aws_kms_key.this.arn
-  tags                     = local.tags
+  kms_key_arn                 = aws_kms_key.this.arn
+  tags                        = local.tags
 }

@@ -374,6 +374,63 @@ variable "db_backup_retention_days" {
   }
 }
 
+variable "read_replica_enabled" {
+  description = "Create an RDS read replica and have the API read users by id and pages from it (DATABASE_READ_URL)."
+  type        = bool
+  default     = false
+}
+
+variable "db_read_replica_instance_class" {
+  description = "Instance class of the read replica (empty: db_instance_class)."
+  type        = string
+  default     = ""
+}
+
+variable "database_read_max_lag" {
+  description = "Replica lag above which the API reads from the primary (DATABASE_READ_MAX_LAG)."
+  type        = string
+  default     = "5s"
+}
+
+variable "db_max_connections" {
+  description = "The database's max_connections, for the connection budget check (null: RDS's default for db_instance_class, estimated; set it to what SHOW max_connections reports for an exact check or a class the estimate does not know)."
+  type        = number
+  default     = null
+
+  validation {
+    condition     = var.db_max_connections == null || try(var.db_max_connections >= 10, false)
+    error_message = "db_max_connections must be null or at least 10."
+  }
+}
+
+variable "db_connections_reserve" {
+  description = "Connections of max_connections kept out of the service's budget: RDS and superuser reserved slots, the migrate containers, operators, monitoring."
+  type        = number
+  default     = 20
+
+  validation {
+    condition     = var.db_connections_reserve >= 5
+    error_message = "db_connections_reserve must be at least 5 (RDS and PostgreSQL reserve slots of their own)."
+  }
+}
+
+variable "use_rds_proxy" {
+  description = "Put RDS Proxy between the API and the primary: the database then holds at most rds_proxy_max_connections_percent of max_connections however many tasks run (see docs/DEPLOY.md for what the proxy does and does not do for this service)."
+  type        = bool
+  default     = false
+}
+
+variable "rds_proxy_max_connections_percent" {
+  description = "Share of the database's max_connections RDS Proxy may open (its connection pool)."
+  type        = number
+  default     = 80
+
+  validation {
+    condition     = var.rds_proxy_max_connections_percent >= 1 && var.rds_proxy_max_connections_percent <= 100
+    error_message = "rds_proxy_max_connections_percent must be between 1 and 100."
+  }
+}
+
 # ----------------------------------------------------------- observability
 
 variable "log_retention_days" {

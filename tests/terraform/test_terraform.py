@@ -6,6 +6,7 @@ feeds it small broken snippets to show that each rule does fail when it should.
 
 from __future__ import annotations
 
+import math
 import pathlib
 import re
 import textwrap
@@ -216,7 +217,10 @@ def test_production_defaults():
     assert tfcheck.first(registry.variables["enhanced_scanning"]["default"]) is True
     # The connections alarm counts the deployment surge (old and new tasks side by side).
     threshold = tfcheck.first(root.calls["observability"]["db_connections_threshold"])
-    assert "local.deployment_maximum_percent" in threshold and "var.max_tasks" in threshold
+    assert threshold == "${local.primary_service_connections}"
+    root_locals = {name: tfcheck.first(root.locals[name]) for name in ("surge_tasks", "fleet_db_connections")}
+    assert "local.deployment_maximum_percent" in root_locals["surge_tasks"] and "var.max_tasks" in root_locals["surge_tasks"]
+    assert "local.surge_tasks" in root_locals["fleet_db_connections"]
 
 
 def test_task_definition_matches_the_contract():
@@ -659,3 +663,114 @@ def test_the_pipeline_alone_owns_the_deployed_image():
     pipeline = re.sub(r"\s+", " ", (TF / "modules" / "pipeline" / "main.tf").read_text())
     assert 'actions = ["ssm:PutParameter"] resources = [var.deployed_tag_parameter_arn]' in pipeline
     assert "deployed-image-tag" in (REPO / "docs" / "DEPLOY.md").read_text()
+
+
+# ------------------------------------------------ read replica and connection budget
+
+def test_read_replica_is_optional_encrypted_and_like_the_primary():
+    root = tfcheck.load_module(TF, ".")
+    assert tfcheck.first(root.variables["read_replica_enabled"]["default"]) is False
+    assert tfcheck.first(root.calls["database"]["read_replica_enabled"]) == "${var.read_replica_enabled}"
+    db = tfcheck.load_module(TF / "modules" / "database", "database")
+    replica = {k: tfcheck.first(v) for k, v in db.resources[("aws_db_instance", "replica")].items()}
+    primary = {k: tfcheck.first(v) for k, v in db.resources[("aws_db_instance", "this")].items()}
+    assert replica["count"] == "${var.read_replica_enabled ? 1 : 0}"
+    assert replica["replicate_source_db"] == "${aws_db_instance.this.identifier}"
+    assert replica["storage_encrypted"] is True and replica["publicly_accessible"] is False
+    # The primary's key, TLS-only parameter group, security group, CA, monitoring and insights.
+    for same in ("kms_key_id", "parameter_group_name", "vpc_security_group_ids", "ca_cert_identifier",
+                 "monitoring_interval", "monitoring_role_arn", "performance_insights_enabled",
+                 "performance_insights_kms_key_id", "iam_database_authentication_enabled",
+                 "enabled_cloudwatch_logs_exports"):
+        assert replica[same] == primary[same], same
+    # No credentials of its own: roles replicate.
+    assert not {"username", "password", "manage_master_user_password"} & set(replica)
+
+
+def test_the_replica_reaches_the_api_as_database_read_url_without_a_secret_in_it():
+    root = tfcheck.load_module(TF, ".")
+    assert tfcheck.first(root.calls["service"]["db_read_address"]) == "${module.database.replica_address}"
+    service = tfcheck.load_module(TF / "modules" / "service", "service")
+    url = tfcheck.first(service.locals["database_read_url"])
+    assert url == "postgres://${var.db_app_role}@${var.db_read_address}:${var.db_port}/${var.db_name}?sslmode=require"
+    environment = tfcheck.first(service.locals["api_environment"])
+    assert "var.db_read_address == \"\" ? [] : [{'name': 'DATABASE_READ_URL', 'value': '${local.database_read_url}'}" \
+        in environment
+    # DATABASE_PASSWORD (a secret) serves both pools; nothing new in plain text.
+    secrets = str(tfcheck.first(service.locals["api_secrets"]))
+    assert "DATABASE_PASSWORD" in secrets and "DATABASE_READ" not in secrets
+    assert tfcheck.first(root.calls["observability"]["db_replica_identifier"]) == "${module.database.replica_identifier}"
+    obs = tfcheck.load_module(TF / "modules" / "observability", "observability")
+    lag = {k: tfcheck.first(v) for k, v in obs.resources[("aws_cloudwatch_metric_alarm", "db_replica_lag")].items()}
+    assert lag["metric_name"] == "ReplicaLag" and lag["count"] == '${var.db_replica_identifier == "" ? 0 : 1}'
+
+
+def _estimated_max_connections(instance_class: str) -> int | None:
+    """RDS's default LEAST(DBInstanceClassMemory / 9531392, 5000) from 90 % of the class's memory,
+    as connection_budget.tf estimates it."""
+    family, size = instance_class.split(".")[1:]
+    burstable = {"micro": 1, "small": 2, "medium": 4, "large": 8, "xlarge": 16, "2xlarge": 32}
+    vcpus = {"large": 2, "xlarge": 4, "2xlarge": 8, "4xlarge": 16, "8xlarge": 32, "12xlarge": 48, "16xlarge": 64,
+             "24xlarge": 96}
+    per_vcpu = {"m": 4, "r": 8}
+    if family[0] == "t":
+        gib = burstable.get(size)
+    elif family[0] in per_vcpu and size in vcpus:
+        gib = vcpus[size] * per_vcpu[family[0]]
+    else:
+        gib = None
+    return None if gib is None else min(int(0.9 * 1073741824 * gib // 9531392), 5000)
+
+
+def test_the_connection_budget_is_a_plan_time_precondition_over_the_surge_and_the_pool():
+    root = tfcheck.load_module(TF, ".")
+    assert tfcheck.first(root.locals["surge_tasks"]) == "${ceil(var.max_tasks * local.deployment_maximum_percent / 100)}"
+    assert tfcheck.first(root.locals["fleet_db_connections"]) == "${local.surge_tasks * var.database_max_connections}"
+    # With RDS Proxy the database holds the proxy's share, whatever the fleet.
+    assert tfcheck.first(root.locals["primary_service_connections"]) == (
+        "${var.use_rds_proxy ? floor(local.db_max_connections.primary * var.rds_proxy_max_connections_percent / 100)"
+        " : local.fleet_db_connections}")
+    lifecycle = tfcheck.first(root.resources[("terraform_data", "connection_budget")]["lifecycle"])
+    conditions = [tfcheck.first(p["condition"]) for p in lifecycle["precondition"]]
+    assert "${local.primary_service_connections + var.db_connections_reserve <= local.db_max_connections.primary}" \
+        in conditions
+    assert ("${!var.read_replica_enabled || local.fleet_db_connections + var.db_connections_reserve"
+            " <= local.db_max_connections.replica}") in conditions
+    # An unknown class is a failed plan, not a silently passed check.
+    assert any("local.db_max_connections.primary > 0" in c for c in conditions)
+    text = (TF / "connection_budget.tf").read_text()
+    assert "LEAST(DBInstanceClassMemory / 9531392, 5000)" in text and "/ 9531392), 5000)" in text
+    # The connections alarm uses the same budget.
+    assert tfcheck.first(root.calls["observability"]["db_connections_threshold"]) == "${local.primary_service_connections}"
+    # Today's defaults fit: 4 tasks x 200 % x pool 10 + reserve 20 on db.t4g.medium.
+    defaults = {name: tfcheck.first(root.variables[name]["default"])
+                for name in ("max_tasks", "database_max_connections", "db_connections_reserve", "db_instance_class")}
+    surge = math.ceil(defaults["max_tasks"] * _evaluate_locals(TF)["deployment_maximum_percent"] / 100)
+    limit = _estimated_max_connections(defaults["db_instance_class"])
+    assert (surge, limit) == (8, 405)
+    assert surge * defaults["database_max_connections"] + defaults["db_connections_reserve"] <= limit
+    # The largest fleet the variables allow does not fit that class: the check has something to refuse.
+    assert math.ceil(100 * 200 / 100) * 100 + 20 > limit
+    assert _estimated_max_connections("db.r6g.2xlarge") == 5000 and _estimated_max_connections("db.x2g.large") is None
+
+
+def test_rds_proxy_is_optional_tls_only_and_carries_the_api_but_not_the_migrations():
+    root = tfcheck.load_module(TF, ".")
+    assert tfcheck.first(root.variables["use_rds_proxy"]["default"]) is False
+    proxy = {k: tfcheck.first(v) for k, v in root.resources[("aws_db_proxy", "this")].items()}
+    assert proxy["count"] == "${var.use_rds_proxy ? 1 : 0}"
+    assert proxy["require_tls"] is True and proxy["engine_family"] == "POSTGRESQL"
+    assert proxy["vpc_security_group_ids"] == "${module.database.security_group_id}"  # first of the list
+    assert tfcheck.first(tfcheck.first(proxy["auth"])["secret_arn"]) == "${module.service.db_app_proxy_secret_arn}"
+    group = tfcheck.first(root.resources[("aws_db_proxy_default_target_group", "this")]["connection_pool_config"])
+    assert tfcheck.first(group["max_connections_percent"]) == "${var.rds_proxy_max_connections_percent}"
+    assert tfcheck.first(root.calls["service"]["api_db_address"]) == '${var.use_rds_proxy ? aws_db_proxy.this[0].endpoint : ""}'
+    service = tfcheck.load_module(TF / "modules" / "service", "service")
+    assert "local.api_db_address" in tfcheck.first(service.locals["database_url"])
+    # The migrate container keeps the instance itself (DDL, advisory locks).
+    assert "var.db_address" in tfcheck.first(service.locals["master_database_url"])
+    # The proxy's certificate is ACM's: the API verifies it against the system roots.
+    assert tfcheck.first(service.locals["api_database_ca_file"]) == (
+        '${var.api_db_address == "" ? local.database_ca_file : "/etc/ssl/certs/ca-certificates.crt"}')
+    secret = tfcheck.first(service.resources[("aws_secretsmanager_secret_version", "db_app_proxy")]["secret_string"])
+    assert secret == "${jsonencode({'username': '${var.db_app_role}', 'password': '${random_password.db_app.result}'})}"

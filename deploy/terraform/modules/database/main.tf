@@ -166,3 +166,66 @@ resource "aws_db_instance" "this" {
 
   depends_on = [aws_cloudwatch_log_group.this]
 }
+
+# ------------------------------------------------------------ read replica
+#
+# Optional streaming replica for reads (the API's DATABASE_READ_URL). Same
+# key, parameter group (TLS only), security group, monitoring and
+# Performance Insights as the primary. Roles and passwords replicate, so the
+# API's own role works there unchanged. Subnets come from the source.
+
+resource "aws_cloudwatch_log_group" "replica" {
+  for_each = var.read_replica_enabled ? toset(["postgresql", "upgrade"]) : toset([])
+
+  name              = "/aws/rds/instance/${var.name}-replica/${each.key}"
+  retention_in_days = var.log_retention_days
+  kms_key_id        = var.kms_key_arn
+
+  tags = var.tags
+}
+
+resource "aws_db_instance" "replica" {
+  count = var.read_replica_enabled ? 1 : 0
+
+  identifier          = "${var.name}-replica"
+  replicate_source_db = aws_db_instance.this.identifier
+
+  instance_class             = coalesce(var.read_replica_instance_class, var.instance_class)
+  auto_minor_version_upgrade = true
+  parameter_group_name       = aws_db_parameter_group.this.name
+  ca_cert_identifier         = "rds-ca-rsa2048-g1"
+
+  iam_database_authentication_enabled = true
+
+  max_allocated_storage = var.max_allocated_storage
+  storage_type          = "gp3"
+  storage_encrypted     = true
+  kms_key_id            = var.kms_key_arn
+
+  # A replica is a copy: losing it costs reads, not data (the primary keeps
+  # its Multi-AZ standby and backups). A final snapshot of a replica is not
+  # possible.
+  multi_az                 = false
+  vpc_security_group_ids   = [aws_security_group.this.id]
+  publicly_accessible      = false
+  backup_retention_period  = 1
+  copy_tags_to_snapshot    = true
+  delete_automated_backups = true
+  deletion_protection      = var.deletion_protection
+  skip_final_snapshot      = true
+
+  performance_insights_enabled          = var.performance_insights_enabled
+  performance_insights_kms_key_id       = var.performance_insights_enabled ? var.kms_key_arn : null
+  performance_insights_retention_period = var.performance_insights_enabled ? 7 : null
+
+  monitoring_interval = 60
+  monitoring_role_arn = aws_iam_role.monitoring.arn
+
+  enabled_cloudwatch_logs_exports = ["postgresql", "upgrade"]
+
+  apply_immediately = false
+
+  tags = var.tags
+
+  depends_on = [aws_cloudwatch_log_group.replica]
+}

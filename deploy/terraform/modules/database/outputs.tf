@@ -42,3 +42,13 @@ output "allocated_storage_bytes" {
   description = "Allocated storage in bytes, for free-space alarms."
   value       = aws_db_instance.this.allocated_storage * 1073741824
 }
+
+output "replica_address" {
+  description = "Host name of the read replica's endpoint (empty without a replica)."
+  value       = try(aws_db_instance.replica[0].address, "")
+}
+
+output "replica_identifier" {
+  description = "Identifier of the read replica (empty without a replica)."
+  value       = try(aws_db_instance.replica[0].identifier, "")
+}

@@ -188,3 +188,20 @@ variable "tags" {
   type        = map(string)
   default     = {}
 }
+
+variable "read_replica_enabled" {
+  description = "Create a streaming read replica of the instance (reads by id and pages go there: DATABASE_READ_URL)."
+  type        = bool
+  default     = false
+}
+
+variable "read_replica_instance_class" {
+  description = "Instance class of the read replica (empty: the primary's class)."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = var.read_replica_instance_class == "" || can(regex("^db\\.[a-z0-9]+\\.[a-z0-9]+$", var.read_replica_instance_class))
+    error_message = "read_replica_instance_class must be empty or look like db.t4g.small."
+  }
+}

@@ -288,6 +288,29 @@ resource "aws_cloudwatch_metric_alarm" "db_connections" {
   tags = var.tags
 }
 
+# The replica's lag as RDS measures it (seconds behind the primary). Above
+# the API's DATABASE_READ_MAX_LAG reads already go to the primary; sustained
+# lag means the replica cannot keep up (class too small, long queries).
+resource "aws_cloudwatch_metric_alarm" "db_replica_lag" {
+  count = var.db_replica_identifier == "" ? 0 : 1
+
+  alarm_name          = "${var.name}-db-replica-lag-high"
+  alarm_description   = "Read replica lag above ${var.db_replica_lag_threshold_secs} s for 5 minutes: the API reads from the primary meanwhile."
+  namespace           = "AWS/RDS"
+  metric_name         = "ReplicaLag"
+  dimensions          = { DBInstanceIdentifier = var.db_replica_identifier }
+  statistic           = "Maximum"
+  period              = 60
+  evaluation_periods  = 5
+  threshold           = var.db_replica_lag_threshold_secs
+  comparison_operator = "GreaterThanThreshold"
+  treat_missing_data  = "breaching"
+  alarm_actions       = local.actions
+  ok_actions          = local.actions
+
+  tags = var.tags
+}
+
 # A rolled-back deployment (circuit breaker) is worth a page too.
 resource "aws_cloudwatch_event_rule" "deployment_failed" {
   name        = "${var.name}-deployment-failed"

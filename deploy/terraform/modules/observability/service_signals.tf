@@ -1,6 +1,6 @@
 # The service's own signals: the collector sidecar's log groups, the alarms on
 # what the API measures (shed 503s, pool use, latency by route, write batches)
-# and a dashboard of them. Replica lag joins when read replicas exist.
+# and a dashboard of them. Replica lag has its alarm in main.tf (RDS's ReplicaLag).
 #
 # Two sources: the ADOT sidecar scrapes /metrics into CloudWatch (embedded
 # metric format, namespace var.metrics_namespace); latency percentiles come
@@ -281,7 +281,7 @@ resource "aws_cloudwatch_dashboard" "service_signals" {
         width  = 12
         height = 4
         properties = {
-          markdown = "Replica lag: no read replicas yet; its widget and alarm come with them. Runbook lines for every alarm here: docs/OPERATIONS.md."
+          markdown = "Replica lag: the alarm <name>-db-replica-lag-high (RDS ReplicaLag) when a read replica exists; the API's own gauge is db_replica_lag_seconds. Runbook lines for every alarm here: docs/OPERATIONS.md."
         }
       },
       {

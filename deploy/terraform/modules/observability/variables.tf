@@ -131,6 +131,23 @@ variable "db_free_storage_ratio" {
   }
 }
 
+variable "db_replica_identifier" {
+  description = "RDS identifier of the read replica (empty: no replica, no lag alarm)."
+  type        = string
+  default     = ""
+}
+
+variable "db_replica_lag_threshold_secs" {
+  description = "Alarm when the read replica lags the primary by more than this many seconds for 5 minutes."
+  type        = number
+  default     = 30
+
+  validation {
+    condition     = var.db_replica_lag_threshold_secs >= 1
+    error_message = "db_replica_lag_threshold_secs must be at least 1."
+  }
+}
+
 variable "db_connections_threshold" {
   description = "Alarm when the database holds more connections than this (size it below max_connections; max tasks x pool size is the expected peak)."
   type        = number

@@ -25,11 +25,19 @@ locals {
   # No password in a URL: DATABASE_PASSWORD (from Secrets Manager) supplies it.
   # The migrate container connects as the master user and makes the API's own
   # role; the API connects as that role, which may only read and write rows.
-  database_url        = "postgres://${var.db_app_role}@${var.db_address}:${var.db_port}/${var.db_name}?sslmode=require"
+  # The API may reach the primary through RDS Proxy (api_db_address); the
+  # migrate container always connects to the instance itself.
+  api_db_address      = var.api_db_address == "" ? var.db_address : var.api_db_address
+  database_url        = "postgres://${var.db_app_role}@${local.api_db_address}:${var.db_port}/${var.db_name}?sslmode=require"
+  database_read_url   = "postgres://${var.db_app_role}@${var.db_read_address}:${var.db_port}/${var.db_name}?sslmode=require"
   master_database_url = "postgres://${var.db_username}@${var.db_address}:${var.db_port}/${var.db_name}?sslmode=require"
   # RDS's CA bundle ships in the API image: with it, TLS to the database is
   # verified (certificate chain and host name), not only encrypted.
   database_ca_file = "/etc/ssl/certs/rds-global-bundle.pem"
+  # RDS Proxy presents an ACM certificate (Amazon's public roots, in the
+  # image's system bundle), not one of the RDS CA: the API verifies against
+  # that bundle when it goes through the proxy. The replica is an RDS instance.
+  api_database_ca_file = var.api_db_address == "" ? local.database_ca_file : "/etc/ssl/certs/ca-certificates.crt"
 
   service_arn = "arn:${local.partition}:ecs:${local.region}:${local.account_id}:service/${aws_ecs_cluster.this.name}/${var.name}"
 
@@ -40,7 +48,7 @@ locals {
       # Only nginx, in the same task, talks to the API: bind to loopback.
       { name = "BIND_ADDR", value = "127.0.0.1:8000" },
       { name = "DATABASE_URL", value = local.database_url },
-      { name = "DATABASE_CA_FILE", value = local.database_ca_file },
+      { name = "DATABASE_CA_FILE", value = local.api_database_ca_file },
       { name = "DATABASE_MAX_CONNECTIONS", value = tostring(var.database_max_connections) },
       # The migrate container has applied them; this role may not.
       { name = "SKIP_MIGRATIONS", value = "true" },
@@ -59,6 +67,12 @@ locals {
       { name = "OTEL_SERVICE_NAME", value = var.name },
       { name = "OTEL_TRACES_SAMPLER", value = "parentbased_traceidratio" },
       { name = "OTEL_TRACES_SAMPLER_ARG", value = tostring(var.trace_sample_ratio) },
+    ],
+    # Reads by id and pages from the replica, same role and password (roles
+    # replicate); no secret in the URL.
+    var.db_read_address == "" ? [] : [
+      { name = "DATABASE_READ_URL", value = local.database_read_url },
+      { name = "DATABASE_READ_MAX_LAG", value = var.database_read_max_lag },
     ],
     local.use_jwks ? [
       { name = "AUTH_JWKS_URL", value = var.auth_jwks_url },
@@ -312,6 +326,26 @@ resource "aws_secretsmanager_secret" "db_app" {
 resource "aws_secretsmanager_secret_version" "db_app" {
   secret_id     = aws_secretsmanager_secret.db_app.id
   secret_string = random_password.db_app.result
+}
+
+# The same credentials as RDS Proxy reads them (JSON username/password), when
+# the API connects through a proxy.
+resource "aws_secretsmanager_secret" "db_app_proxy" {
+  #checkov:skip=CKV2_AWS_57:The API role's password, rotated with db_app by replacement (same random_password); a rotation Lambda would change it under running tasks.
+  count = var.create_proxy_auth_secret ? 1 : 0
+
+  name_prefix = "${var.name}/db-app-proxy-auth-"
+  description = "RDS Proxy credentials of ${var.name}'s database role ${var.db_app_role}"
+  kms_key_id  = var.kms_key_arn
+
+  tags = var.tags
+}
+
+resource "aws_secretsmanager_secret_version" "db_app_proxy" {
+  count = var.create_proxy_auth_secret ? 1 : 0
+
+  secret_id     = aws_secretsmanager_secret.db_app_proxy[0].id
+  secret_string = jsonencode({ username = var.db_app_role, password = random_password.db_app.result })
 }
 
 # ---------------------------------------------------------------------- IAM

@@ -57,3 +57,8 @@ output "deployed_tag_parameter_arn" {
   description = "ARN of the deployed-image-tag parameter (the build role may write it)."
   value       = aws_ssm_parameter.image_tag.arn
 }
+
+output "db_app_proxy_secret_arn" {
+  description = "ARN of the API role's credentials for RDS Proxy (JSON username/password); empty unless create_proxy_auth_secret."
+  value       = try(aws_secretsmanager_secret.db_app_proxy[0].arn, "")
+}

@@ -279,6 +279,35 @@ variable "db_address" {
   type        = string
 }
 
+variable "api_db_address" {
+  description = "Host name the API (not the migrate container) connects to for the primary, e.g. an RDS Proxy endpoint; empty: db_address."
+  type        = string
+  default     = ""
+}
+
+variable "db_read_address" {
+  description = "Host name of a read replica (DATABASE_READ_URL); empty: no replica."
+  type        = string
+  default     = ""
+}
+
+variable "database_read_max_lag" {
+  description = "Replica lag above which the API reads from the primary (DATABASE_READ_MAX_LAG, e.g. 5s)."
+  type        = string
+  default     = "5s"
+
+  validation {
+    condition     = can(regex("^[0-9]+(ms|s|m)$", var.database_read_max_lag))
+    error_message = "database_read_max_lag must look like 500ms, 5s or 1m."
+  }
+}
+
+variable "create_proxy_auth_secret" {
+  description = "Also keep the API role's credentials as RDS Proxy reads them (JSON username/password): see output db_app_proxy_secret_arn."
+  type        = bool
+  default     = false
+}
+
 variable "db_port" {
   description = "Port of the PostgreSQL endpoint."
   type        = number
