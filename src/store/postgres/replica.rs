@@ -119,17 +119,35 @@ impl Drop for Replica {
     }
 }
 
+/// The replay timestamp overstates the lag of the first write after an idle spell (the last
+/// replayed transaction is old): the replica cannot be further behind than the last poll that
+/// found it caught up.
+fn lag_since_caught_up(
+    seconds: f64,
+    polled_at: std::time::Instant,
+    caught_up_at: &mut Option<std::time::Instant>,
+) -> f64 {
+    if seconds == 0.0 {
+        *caught_up_at = Some(polled_at);
+        return 0.0;
+    }
+    caught_up_at.map_or(seconds, |at| seconds.min(polled_at.duration_since(at).as_secs_f64()))
+}
+
 /// Polls the replica's lag every `POLL_INTERVAL`: usable while it answers within `max_lag`.
 async fn watch(pool: Pool, timeout: Duration, max_lag: Duration, usable: Arc<AtomicBool>) {
     let mut tick = tokio::time::interval(POLL_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut caught_up_at: Option<std::time::Instant> = None;
     loop {
         tick.tick().await;
+        let polled_at = std::time::Instant::now();
         let lag = with_client(&pool, timeout, "replica lag", async |client| {
             let statement = client.prepare_cached(LAG_QUERY).await?;
             client.query_one(&statement, &[]).await.map(|row| row.get::<_, f64>(0))
         })
-        .await;
+        .await
+        .map(|seconds| lag_since_caught_up(seconds, polled_at, &mut caught_up_at));
         let now_usable = match &lag {
             Ok(seconds) => {
                 metrics::gauge!("db_replica_lag_seconds").set(*seconds);
@@ -151,5 +169,29 @@ async fn watch(pool: Pool, timeout: Duration, max_lag: Duration, usable: Arc<Ato
             (Err(error), true, false) => tracing::warn!(%error, "read replica unavailable; reading from the primary"),
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::lag_since_caught_up;
+
+    #[test]
+    fn the_lag_is_bounded_by_the_last_poll_that_found_the_replica_caught_up() {
+        let start = Instant::now();
+        let mut caught_up_at = None;
+        // Never seen caught up: the replay timestamp is all there is.
+        assert_eq!(lag_since_caught_up(600.0, start, &mut caught_up_at), 600.0);
+        assert_eq!(lag_since_caught_up(0.0, start, &mut caught_up_at), 0.0);
+        // The first write after ten idle minutes: behind by at most the second since.
+        let next = start + Duration::from_secs(1);
+        assert_eq!(lag_since_caught_up(600.0, next, &mut caught_up_at), 1.0);
+        // A smaller replay lag is taken as it is.
+        assert_eq!(lag_since_caught_up(0.25, next, &mut caught_up_at), 0.25);
+        // Still not caught up ten seconds later: the bound grows with it.
+        let later = start + Duration::from_secs(10);
+        assert_eq!(lag_since_caught_up(600.0, later, &mut caught_up_at), 10.0);
     }
 }
