@@ -2,7 +2,8 @@
 //! (initdb, `pg_basebackup -R`, free ports): reads come from the replica, a user is never 404
 //! right after its 201, a frozen primary leaves reads answering from the replica while writes
 //! answer a bounded 503 that stored nothing, and a stopped or frozen replica sends reads back to
-//! the primary.
+//! the primary. Under concurrent readers and writers, a freeze fails no read and loses no
+//! acknowledged write.
 
 mod kit;
 
@@ -300,6 +301,147 @@ async fn reads_fall_back_to_the_primary_when_the_replica_is_frozen_or_stopped() 
         &format!(
             "10 GETs with the replica frozen: 200 ×10 (slowest {slowest_frozen:?}); with it stopped: 11 reads 200, all \
              from the primary (slowest {slowest_stopped:?})"
+        ),
+    );
+}
+
+/// One read under load: the newest acknowledged user when it was sent, status and latency.
+struct ReadBack {
+    id: i64,
+    status: u16,
+    latency: Duration,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_load_a_frozen_primary_fails_no_read_and_loses_no_acknowledged_write() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    const READERS: usize = 6;
+    const WRITERS: usize = 4;
+    const FAULT: Duration = Duration::from_secs(6);
+
+    let _serial = kit::load::serial().await;
+    let pair = Arc::new(Pair::start("5s").await);
+    let tag = kit::random_tag();
+    // Every user acknowledged with a 201, as (id, email): what the readers read back.
+    let acknowledged: Arc<Mutex<Vec<(i64, String)>>> = Arc::default();
+    for n in 0..20 {
+        let user = pair.create(&format!("{tag}.seed.{n}@load.test")).await;
+        acknowledged.lock().unwrap().push((user["id"].as_i64().expect("id"), user["email"].as_str().unwrap().into()));
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let (pair, stop, acknowledged, tag) = (pair.clone(), stop.clone(), acknowledged.clone(), tag.clone());
+            tokio::spawn(async move {
+                let mut outcomes = Vec::new();
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    let email = format!("{tag}.w{w}.{n}@load.test");
+                    let sent = Instant::now();
+                    let response = pair
+                        .http
+                        .post(pair.server.url("/user"))
+                        .json(&user_body("Load Writer", &email))
+                        .send()
+                        .await
+                        .expect("POST answered");
+                    let status = response.status().as_u16();
+                    let body: serde_json::Value = response.json().await.unwrap_or_default();
+                    if status == 201 {
+                        acknowledged.lock().unwrap().push((body["id"].as_i64().expect("id"), email.clone()));
+                    } else {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    outcomes.push((email, status, sent.elapsed()));
+                }
+                outcomes
+            })
+        })
+        .collect();
+    let readers: Vec<_> = (0..READERS)
+        .map(|r| {
+            let (pair, stop, acknowledged) = (pair.clone(), stop.clone(), acknowledged.clone());
+            tokio::spawn(async move {
+                let mut reads = Vec::new();
+                let mut n = r;
+                while !stop.load(Ordering::Relaxed) {
+                    // The newest acknowledged users first: read-your-writes is the hard case.
+                    let id = {
+                        let users = acknowledged.lock().unwrap();
+                        users[users.len() - 1 - n % users.len().min(8)].0
+                    };
+                    n += 1;
+                    let path = if n % 5 == 0 { "/users?limit=20".to_owned() } else { format!("/users/{id}") };
+                    let (status, _, latency) = pair.get(&path).await;
+                    reads.push(ReadBack { id, status, latency });
+                }
+                reads
+            })
+        })
+        .collect();
+
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(pair.primary.freeze() > 1, "froze the primary");
+    tokio::time::sleep(FAULT).await;
+    pair.primary.thaw();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut writes = Vec::new();
+    for writer in writers {
+        writes.extend(writer.await.expect("writer"));
+    }
+    let mut reads = Vec::new();
+    for reader in readers {
+        reads.extend(reader.await.expect("reader"));
+    }
+
+    let failed_reads: Vec<String> = reads
+        .iter()
+        .filter(|r| r.status != 200 || r.latency >= READ_BOUND)
+        .map(|r| format!("newest user {}: {} in {:?}", r.id, r.status, r.latency))
+        .collect();
+    assert!(
+        failed_reads.is_empty(),
+        "{} of {} reads failed or were slow: {failed_reads:?}",
+        failed_reads.len(),
+        reads.len()
+    );
+    let primary = pg_connect("127.0.0.1", pair.primary.port, "postgres").await;
+    let stored: HashSet<String> =
+        primary.query("SELECT email FROM users", &[]).await.expect("emails").iter().map(|r| r.get(0)).collect();
+    let (mut created, mut refused, mut unknown) = (0, 0, 0);
+    for (email, status, latency) in &writes {
+        assert!(*latency < WRITE_503_BOUND + Duration::from_secs(1), "{email}: {status} after {latency:?}");
+        match status {
+            201 => created += 1,
+            503 => {
+                assert!(!stored.contains(email), "{email}: 503 but stored");
+                refused += 1;
+            }
+            504 => unknown += 1,
+            other => panic!("{email}: unexpected {other}"),
+        }
+    }
+    // Every acknowledged write reads back, through the service, once the primary answers again.
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    let mut unreadable = 0;
+    for (id, email) in &acknowledged {
+        assert!(stored.contains(email), "{email}: 201 but not stored");
+        let (status, body, _) = pair.get(&format!("/users/{id}")).await;
+        unreadable += usize::from(status != 200 || body["email"] != email.as_str());
+    }
+    assert_eq!(unreadable, 0, "acknowledged writes that could not be read back");
+    assert!(refused > 0, "the freeze was felt by the writers");
+    report(
+        "under_load_a_frozen_primary_fails_no_read_and_loses_no_acknowledged_write",
+        &format!(
+            "{READERS} readers, {WRITERS} writers, primary frozen {FAULT:?}: {} reads, 0 failed (bound {READ_BOUND:?}); \
+             {} POSTs: 201 ×{created}, 503 ×{refused} (none stored), 504 ×{unknown}; {} acknowledged, 0 unreadable",
+            reads.len(),
+            writes.len(),
+            acknowledged.len()
         ),
     );
 }
