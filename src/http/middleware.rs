@@ -1,19 +1,24 @@
 //! The layer every request passes: request id, load shedding, timeout, problem+json for
-//! framework errors, one log line, metrics and the request's span (when traces are on).
+//! framework errors and panics, one log line, metrics and the request's span (when traces are on).
 
+use std::convert::Infallible;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{MatchedPath, Request};
 use axum::http::{StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use futures_util::FutureExt;
 use tokio::sync::Semaphore;
+use tower::{Layer, Service, ServiceExt};
 use tracing::Instrument;
 use tracing::field::Empty;
 
 use super::error::{ApiError, PROBLEM_JSON};
-use super::request_id::{self, X_REQUEST_ID};
+use super::request_id::{self, RequestId, X_REQUEST_ID};
 use crate::telemetry::{self, HttpMetrics, SPAN_TARGET};
 
 pub struct Limits {
@@ -22,12 +27,55 @@ pub struct Limits {
     pub metrics: HttpMetrics,
 }
 
-pub async fn observe(State(limits): State<Arc<Limits>>, request: Request, next: Next) -> Response {
+/// Wraps every route in `observe`. A tower layer of our own rather than axum's `from_fn` and
+/// tower-http's `CatchPanic`: each of those boxes the route again and clones it per request.
+#[derive(Clone)]
+pub struct ObserveLayer(pub Arc<Limits>);
+
+impl<S> Layer<S> for ObserveLayer {
+    type Service = Observe<S>;
+
+    fn layer(&self, inner: S) -> Observe<S> {
+        Observe { inner, limits: self.0.clone() }
+    }
+}
+
+#[derive(Clone)]
+pub struct Observe<S> {
+    inner: S,
+    limits: Arc<Limits>,
+}
+
+impl<S> Service<Request> for Observe<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        // The service polled ready serves this request; its clone waits for the next one.
+        let next = self.inner.clone();
+        let ready = std::mem::replace(&mut self.inner, next);
+        Box::pin(observe(self.limits.clone(), request, ready).map(Ok))
+    }
+}
+
+async fn observe<S>(limits: Arc<Limits>, request: Request, route_service: S) -> Response
+where
+    S: Service<Request, Response = Response, Error = Infallible>,
+{
     let started = Instant::now();
-    let id = request_id::from_request(&request);
+    let id = RequestId::from_request(&request);
     let method = request.method().clone();
-    let route =
-        request.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let matched = request.extensions().get::<MatchedPath>().cloned();
+    let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
     // Disabled at the call site when traces are off: the fields are then never evaluated.
     let span = tracing::info_span!(
         target: SPAN_TARGET,
@@ -36,7 +84,7 @@ pub async fn observe(State(limits): State<Arc<Limits>>, request: Request, next: 
         otel.kind = "server",
         otel.status_code = Empty,
         http.request.method = method.as_str(),
-        http.route = route.as_str(),
+        http.route = route,
         http.response.status_code = Empty,
         request_id = id.as_str(),
     );
@@ -50,8 +98,11 @@ pub async fn observe(State(limits): State<Arc<Limits>>, request: Request, next: 
             return ApiError::Unavailable { retry_after_secs: 1 }.into_response();
         }
         let _in_flight = limits.metrics.in_flight();
-        let response = match tokio::time::timeout(limits.request_timeout, next.run(request)).await {
-            Ok(response) => response,
+        let handled = AssertUnwindSafe(route_service.oneshot(request)).catch_unwind();
+        let response = match tokio::time::timeout(limits.request_timeout, handled).await {
+            Ok(Ok(Ok(response))) => response,
+            Ok(Ok(Err(never))) => match never {},
+            Ok(Err(_panic)) => ApiError::Internal(anyhow::anyhow!("handler panicked")).into_response(),
             Err(_) => ApiError::Timeout.into_response(),
         };
         as_problem(response)
@@ -59,10 +110,10 @@ pub async fn observe(State(limits): State<Arc<Limits>>, request: Request, next: 
     .instrument(span.clone())
     .await;
 
-    response.headers_mut().insert(&X_REQUEST_ID, request_id::header_value(&id));
+    response.headers_mut().insert(&X_REQUEST_ID, id.header_value());
     let status = response.status().as_u16();
     let latency = started.elapsed();
-    limits.metrics.record(&method, &route, status, latency);
+    limits.metrics.record(&method, route, status, latency);
     span.record("http.response.status_code", i64::from(status)); // i64: the OTel layer keeps it a number
     if status >= 500 {
         span.record("otel.status_code", "ERROR");
@@ -71,7 +122,7 @@ pub async fn observe(State(limits): State<Arc<Limits>>, request: Request, next: 
         target: "users_api::access",
         request_id = id.as_str(),
         method = method.as_str(),
-        route = route.as_str(),
+        route,
         status,
         latency_ms = latency.as_secs_f64() * 1000.0,
         trace_id = telemetry::trace_id(&span).map(tracing::field::display),

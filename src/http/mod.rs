@@ -17,8 +17,6 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use axum::Router;
-use axum::response::IntoResponse;
-use tower_http::catch_panic::CatchPanicLayer;
 use utoipa_swagger_ui::SwaggerUi;
 
 pub use list_stream::ListStreams;
@@ -72,6 +70,5 @@ pub fn app(state: Arc<AppState>, guards: Guards) -> Router {
         .with_state(state)
         .merge(docs)
         .fallback(|| async { ApiError::NotFound("no resource at this path") })
-        .layer(CatchPanicLayer::custom(|_| ApiError::Internal(anyhow::anyhow!("handler panicked")).into_response()))
-        .layer(axum::middleware::from_fn_with_state(limits, middleware::observe))
+        .layer(middleware::ObserveLayer(limits))
 }

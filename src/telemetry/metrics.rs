@@ -140,6 +140,23 @@ pub fn metrics_router(pool_status: impl Fn() -> PoolStatus + Clone + Send + Sync
 }
 
 pub fn record_query(operation: &'static str, backend: &'static str, latency: Duration) {
-    metrics::histogram!("db_query_duration_seconds", "operation" => operation, "backend" => backend)
+    // Handles cached as in `HttpMetrics`: a labelled lookup in the recorder costs thousands of
+    // instructions. Created at first use, after the recorder is installed.
+    type ByLabels = HashMap<(&'static str, &'static str), Histogram>;
+    static HANDLES: std::sync::OnceLock<RwLock<ByLabels>> = std::sync::OnceLock::new();
+    let handles = HANDLES.get_or_init(RwLock::default);
+    let key = (operation, backend);
+    if let Ok(cached) = handles.read()
+        && let Some(histogram) = cached.get(&key)
+    {
+        histogram.record(latency.as_secs_f64());
+        return;
+    }
+    let mut handles = handles.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+    handles
+        .entry(key)
+        .or_insert_with(
+            || metrics::histogram!("db_query_duration_seconds", "operation" => operation, "backend" => backend),
+        )
         .record(latency.as_secs_f64());
 }
