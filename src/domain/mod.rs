@@ -6,7 +6,7 @@ mod user;
 
 pub use email::{Email, EmailError, email_key};
 pub use name::{UserName, UserNameError};
-pub use user::{NewUser, User};
+pub use user::{NewUser, User, UserRef};
 
 use icu_properties::CodePointSetData;
 use icu_properties::props::{BidiControl, DefaultIgnorableCodePoint};

@@ -17,3 +17,18 @@ pub struct User {
     pub email: String,
     pub created_at: OffsetDateTime,
 }
+
+/// A stored user borrowed from where it was read (a database row): no copy of its strings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UserRef<'a> {
+    pub id: i64,
+    pub name: &'a str,
+    pub email: &'a str,
+    pub created_at: OffsetDateTime,
+}
+
+impl<'a> From<&'a User> for UserRef<'a> {
+    fn from(user: &'a User) -> Self {
+        Self { id: user.id, name: &user.name, email: &user.email, created_at: user.created_at }
+    }
+}

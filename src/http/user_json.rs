@@ -6,14 +6,20 @@ use std::fmt;
 use serde::ser::{Serialize, SerializeStruct, Serializer};
 use time::{OffsetDateTime, UtcOffset};
 
-use crate::domain::User;
+use crate::domain::UserRef;
 
-/// Serialises a borrowed `User` without copying its strings.
-pub struct UserJson<'a>(pub &'a User);
+/// Serialises a borrowed user (a `&User` or a row read in place) without copying its strings.
+pub struct UserJson<'a>(pub UserRef<'a>);
+
+impl<'a> UserJson<'a> {
+    pub fn of(user: impl Into<UserRef<'a>>) -> Self {
+        Self(user.into())
+    }
+}
 
 impl Serialize for UserJson<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let user = self.0;
+        let user = &self.0;
         let mut fields = serializer.serialize_struct("User", 4)?;
         fields.serialize_field("id", &user.id)?;
         fields.serialize_field("name", &user.name)?;
@@ -52,6 +58,7 @@ impl Serialize for Rfc3339Micros {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::User;
 
     #[test]
     fn a_user_is_written_with_an_rfc3339_utc_microsecond_timestamp() {
@@ -61,7 +68,7 @@ mod tests {
             email: "n.rossi@example.it".into(),
             created_at: time::macros::datetime!(2026-01-02 04:04:05.123456789 +01:00),
         };
-        let json = serde_json::to_string(&UserJson(&user)).unwrap();
+        let json = serde_json::to_string(&UserJson::of(&user)).unwrap();
         assert_eq!(
             json,
             r#"{"id":7,"name":"Niccolò Rossi","email":"n.rossi@example.it","created_at":"2026-01-02T03:04:05.123456Z"}"#

@@ -52,7 +52,7 @@ pub(super) async fn create_user(
 ) -> Result<Response, ApiError> {
     let user = state.store.create(new_user).await?;
     let location = HeaderValue::from_str(&format!("/users/{}", user.id)).expect("an id is a valid header");
-    Ok((StatusCode::CREATED, [(header::LOCATION, location)], json(&UserJson(&user))).into_response())
+    Ok((StatusCode::CREATED, [(header::LOCATION, location)], json(&UserJson::of(&user))).into_response())
 }
 
 #[utoipa::path(
@@ -82,7 +82,7 @@ pub(super) async fn get_user(
         .filter(|id| *id > 0)
         .ok_or(ApiError::NotFound(MISSING))?;
     match state.store.get(id).await? {
-        Some(user) => Ok(json(&UserJson(&user))),
+        Some(user) => Ok(json(&UserJson::of(&user))),
         None => Err(ApiError::NotFound(MISSING)),
     }
 }
@@ -136,19 +136,42 @@ pub(super) async fn list_users(
         })?,
     };
 
-    // One extra row tells whether another page exists.
-    let mut users = state.store.page(after, limit + 1).await?;
-    let more = users.len() > limit as usize;
-    users.truncate(limit as usize);
-    let mut response = json(&users.iter().map(UserJson).collect::<Vec<_>>());
-    if more && let Some(last) = users.last() {
-        let link = format!("</users?limit={limit}&after={}>; rel=\"next\"", last.id);
+    // Each row is written into the body as it is read. One extra row tells whether another
+    // page exists.
+    let mut body = Vec::with_capacity(limit as usize * USER_JSON_BYTES + 2);
+    body.push(b'[');
+    let (mut written, mut last_id, mut more) = (0, 0, false);
+    state
+        .store
+        .visit_page(after, limit + 1, |user| {
+            if written == limit {
+                more = true;
+                return;
+            }
+            if written > 0 {
+                body.push(b',');
+            }
+            serde_json::to_writer(&mut body, &UserJson(user)).expect("users serialise");
+            written += 1;
+            last_id = user.id;
+        })
+        .await?;
+    body.push(b']');
+    let mut response = json_body(body);
+    if more {
+        let link = format!("</users?limit={limit}&after={last_id}>; rel=\"next\"");
         response.headers_mut().insert(header::LINK, HeaderValue::from_str(&link).expect("ascii link"));
     }
     Ok(response)
 }
 
+/// About the length of one user in JSON: a page's body is allocated once.
+const USER_JSON_BYTES: usize = 112;
+
 fn json<T: serde::Serialize>(value: &T) -> Response {
-    let body = serde_json::to_vec(value).expect("users serialise");
+    json_body(serde_json::to_vec(value).expect("users serialise"))
+}
+
+fn json_body(body: Vec<u8>) -> Response {
     ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()
 }

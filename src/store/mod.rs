@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use crate::domain::{NewUser, User};
+use crate::domain::{NewUser, User, UserRef};
 
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
@@ -140,6 +140,24 @@ impl Store {
             match self {
                 Self::Sqlite(s) => s.page(after, limit).await,
                 Self::Postgres(s) => s.page(after, limit).await,
+            }
+        })
+        .await
+    }
+
+    /// Up to `limit` users with `id > after`, ascending, each handed to `visit` in order; on
+    /// SQLite straight from the row, without a `User` (and its strings) per row.
+    pub async fn visit_page<F>(&self, after: i64, limit: u32, mut visit: F) -> Result<(), StoreError>
+    where
+        F: FnMut(UserRef<'_>) + Send,
+    {
+        self.timed("page", async {
+            match self {
+                Self::Sqlite(s) => s.visit_page(after, limit, visit).await,
+                Self::Postgres(s) => {
+                    s.page(after, limit).await?.iter().for_each(|user| visit(user.into()));
+                    Ok(())
+                }
             }
         })
         .await

@@ -6,8 +6,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use deadpool::Runtime;
+use deadpool::managed::{Metrics, Pool, RecycleResult};
 use deadpool_sqlite::rusqlite::{self, Connection, ErrorCode, OptionalExtension, params};
-use deadpool_sqlite::{Config as PoolConfig, Hook, HookError, Pool, Runtime};
 use tokio::sync::mpsc;
 
 use super::rekey::{self, Migration, StoredEmail};
@@ -17,7 +18,7 @@ use super::{
     StoreError, StoreOptions, WriteJob, await_write, format_timestamp, parse_timestamp, pool_wait_span, statement_span,
     truncate_to_micros, write_batch_span,
 };
-use crate::domain::{NewUser, User};
+use crate::domain::{NewUser, User, UserRef};
 
 const MIGRATIONS: &[(i64, Migration)] =
     &[(1, Migration::Sql(include_str!("migrations/sqlite/0001_users.sql"))), (2, Migration::RekeyEmails)];
@@ -39,7 +40,7 @@ enum WriterMessage {
 
 pub struct SqliteStore {
     path: PathBuf,
-    readers: Pool,
+    readers: Pool<Readers>,
     writer: mpsc::Sender<WriterMessage>,
     writer_thread: Mutex<Option<JoinHandle<()>>>,
     timeout: Duration,
@@ -54,22 +55,11 @@ impl SqliteStore {
             .name("sqlite-writer".into())
             .spawn(move || writer_loop(writer_conn, queue))
             .context("spawning the SQLite writer thread")?;
-        let readers = PoolConfig::new(&path)
-            .builder(Runtime::Tokio1)
-            .context("configuring the SQLite read pool")?
+        let readers = Pool::builder(Readers { path: path.clone() })
             .max_size(options.max_connections.max(1))
+            .runtime(Runtime::Tokio1)
             .wait_timeout(Some(options.timeout))
             .create_timeout(Some(options.timeout))
-            .post_create(Hook::async_fn(|conn, _| {
-                Box::pin(async move {
-                    // Full-table streams pass through these readers: SQLite's default page
-                    // cache (2 MiB each) would keep what they scanned.
-                    conn.interact(|conn| conn.execute_batch(&format!("PRAGMA cache_size = -{READER_CACHE_KIB}")))
-                        .await
-                        .map_err(|e| HookError::message(e.to_string()))?
-                        .map_err(HookError::Backend)
-                })
-            }))
             .build()
             .context("building the SQLite read pool")?;
         Ok(Self { path, readers, writer, writer_thread: Mutex::new(Some(writer_thread)), timeout: options.timeout })
@@ -102,8 +92,34 @@ impl SqliteStore {
         .await
     }
 
+    /// Up to `limit` users with ids above `after`, in id order, each handed to `visit` as read.
+    pub async fn visit_page<F>(&self, after: i64, limit: u32, mut visit: F) -> Result<(), StoreError>
+    where
+        F: FnMut(UserRef<'_>) + Send,
+    {
+        self.read("SELECT users", move |conn| {
+            let mut rows = conn.prepare_cached(SELECT_PAGE)?;
+            let mut rows = rows.query([after])?;
+            for _ in 0..limit {
+                let Some(row) = rows.next()? else { break };
+                visit(row_to_user_ref(row)?);
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// As `visit_page`, collected, read on a blocking thread: for the full-list stream's
+    /// batches, which run beside requests and may walk pages no request has touched lately.
     pub async fn page(&self, after: i64, limit: u32) -> Result<Vec<User>, StoreError> {
-        self.read("SELECT users", move |conn| select_page(conn, after, limit as usize)).await
+        let conn = self.reader().await?;
+        let read = tokio::task::spawn_blocking(move || select_page(&conn, after, limit as usize))
+            .instrument(statement_span(SYSTEM, "SELECT users"));
+        match tokio::time::timeout(self.timeout, read).await {
+            Ok(Ok(outcome)) => outcome.map_err(map_error),
+            Ok(Err(e)) => Err(StoreError::Internal(anyhow::anyhow!("read task failed: {e}"))),
+            Err(_) => Err(StoreError::Unavailable("query timed out".into())),
+        }
     }
 
     pub fn pool_status(&self) -> deadpool_sqlite::Status {
@@ -123,47 +139,55 @@ impl SqliteStore {
         self.readers.close();
     }
 
+    /// A pooled reader, waited for at most the store's timeout.
+    async fn reader(&self) -> Result<deadpool::managed::Object<Readers>, StoreError> {
+        self.readers.get().instrument(pool_wait_span(SYSTEM)).await.map_err(|e| StoreError::Unavailable(e.to_string()))
+    }
+
+    /// Runs `query` on a pooled reader, on this task: a read of a bounded number of rows from a
+    /// WAL database takes microseconds, less than handing it to a blocking thread and back.
+    /// `operation` names the statement's span.
     async fn read<T, F>(&self, operation: &'static str, query: F) -> Result<T, StoreError>
     where
-        T: Send + 'static,
-        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T>,
     {
-        read_on(&self.readers, self.timeout, operation, query).await
+        let conn = self.reader().await?;
+        let _statement = statement_span(SYSTEM, operation).entered();
+        query(&conn).map_err(map_error)
     }
 }
 
-/// Runs `query` on a pooled reader, one bound for getting the connection and running it.
-/// `operation` names the statement's span.
-async fn read_on<T, F>(readers: &Pool, timeout: Duration, operation: &'static str, query: F) -> Result<T, StoreError>
-where
-    T: Send + 'static,
-    F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
-{
-    let outcome = tokio::time::timeout(timeout, async {
-        let conn = readers
-            .get()
-            .instrument(pool_wait_span(SYSTEM))
-            .await
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        conn.interact(move |conn| query(conn))
-            .instrument(statement_span(SYSTEM, operation))
-            .await
-            .map_err(|e| StoreError::Internal(anyhow::anyhow!("read task failed: {e}")))
-    })
-    .await
-    .map_err(|_| StoreError::Unavailable("query timed out".into()))??;
-    outcome.map_err(map_error)
+/// The pooled readers. Nothing is checked before a reader is reused: a connection to a local
+/// file does not go stale (deadpool-sqlite's manager runs a query on a blocking thread first).
+struct Readers {
+    path: PathBuf,
 }
+
+impl deadpool::managed::Manager for Readers {
+    type Type = Connection;
+    type Error = rusqlite::Error;
+
+    async fn create(&self) -> rusqlite::Result<Connection> {
+        let conn = Connection::open(&self.path)?;
+        // Full-table streams pass through these readers: SQLite's default page cache (2 MiB
+        // each) would keep what they scanned.
+        conn.execute_batch(&format!("PRAGMA cache_size = -{READER_CACHE_KIB}"))?;
+        Ok(conn)
+    }
+
+    async fn recycle(&self, _: &mut Connection, _: &Metrics) -> RecycleResult<rusqlite::Error> {
+        Ok(())
+    }
+}
+
+const SELECT_PAGE: &str = "SELECT id, name, email, created_at FROM users WHERE id > ?1 ORDER BY id";
 
 /// Up to `limit` users with ids above `after`, in id order.
 fn select_page(conn: &Connection, after: i64, limit: usize) -> rusqlite::Result<Vec<User>> {
     // No `LIMIT ?2`: the bundled SQLite (built with STAT4) marks a statement whose LIMIT is a
     // bound parameter as expired at every bind and re-prepares it on every run (~80k
     // instructions a request); the cursor stops after `limit` rows instead.
-    conn.prepare_cached(&format!("{SELECT_USER} WHERE id > ?1 ORDER BY id"))?
-        .query_map([after], row_to_user)?
-        .take(limit)
-        .collect()
+    conn.prepare_cached(SELECT_PAGE)?.query_map([after], row_to_user)?.take(limit).collect()
 }
 
 fn open_writer(path: &Path) -> anyhow::Result<Connection> {
@@ -301,9 +325,14 @@ fn commit_batch(conn: &Connection, batch: &mut Vec<WriteJob>) {
 }
 
 fn row_to_user(row: &rusqlite::Row<'_>) -> rusqlite::Result<User> {
+    let user = row_to_user_ref(row)?;
+    Ok(User { id: user.id, name: user.name.to_owned(), email: user.email.to_owned(), created_at: user.created_at })
+}
+
+fn row_to_user_ref<'a>(row: &'a rusqlite::Row<'_>) -> rusqlite::Result<UserRef<'a>> {
     let created_at = parse_timestamp(row.get_ref(3)?.as_str()?)
         .map_err(|e| rusqlite::Error::FromSqlConversionFailure(3, rusqlite::types::Type::Text, Box::new(e)))?;
-    Ok(User { id: row.get(0)?, name: row.get(1)?, email: row.get(2)?, created_at })
+    Ok(UserRef { id: row.get(0)?, name: row.get_ref(1)?.as_str()?, email: row.get_ref(2)?.as_str()?, created_at })
 }
 
 fn is_unavailable(e: &rusqlite::Error) -> bool {
