@@ -163,6 +163,11 @@ pub struct ServeConfig {
     #[arg(long, env = "LIST_STREAM_STALL_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     pub list_stream_stall_secs: u64,
 
+    /// How long an Idempotency-Key and its stored answer count (e.g. 24h, 90m); expired keys are
+    /// ignored at once and deleted in the background.
+    #[arg(long, env = "IDEMPOTENCY_RETENTION", default_value = "24h", value_parser = parse_retention)]
+    pub idempotency_retention: Duration,
+
     #[command(flatten)]
     pub connections: ConnectionConfig,
     /// Skip migrations at start (when `users-api migrate` runs as a separate step).
@@ -317,9 +322,25 @@ fn parse_ttl(raw: &str) -> Result<Duration, String> {
     Ok(ttl)
 }
 
+/// A key retention such as 24h or 7d: at least a second, at most what `parse_ttl` takes.
+fn parse_retention(raw: &str) -> Result<Duration, String> {
+    let retention = parse_ttl(raw)?;
+    if retention < Duration::from_secs(1) {
+        return Err(format!("{raw:?} is shorter than the shortest retention, 1s"));
+    }
+    Ok(retention)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retentions_are_durations_of_at_least_a_second() {
+        assert_eq!(parse_retention("24h"), Ok(Duration::from_secs(86_400)));
+        assert!(parse_retention("500ms").is_err());
+        assert!(parse_retention("0s").is_err());
+    }
 
     #[test]
     fn ttls_parse_as_durations_and_an_absurd_one_is_a_clear_error() {
@@ -358,6 +379,14 @@ impl ServeConfig {
 
     pub fn list_stream_stall_timeout(&self) -> Duration {
         Duration::from_secs(self.list_stream_stall_secs)
+    }
+
+    /// The store's options: the database's, and the idempotency keys' retention.
+    pub fn store_options(&self) -> crate::store::StoreOptions {
+        crate::store::StoreOptions {
+            idempotency_retention: self.idempotency_retention,
+            ..self.database.store_options()
+        }
     }
 
     pub fn shutdown_grace(&self) -> Duration {
@@ -399,6 +428,7 @@ impl DatabaseConfig {
             timeout: Duration::from_secs(self.database_timeout_secs),
             ca_file: self.database_ca_file.clone(),
             replica: None,
+            ..crate::store::StoreOptions::default()
         }
     }
 }

@@ -44,7 +44,7 @@ impl Application {
             config.request_timeout_secs,
             database.database_timeout_secs
         );
-        let options = StoreOptions { replica: config.read_replica.replica_options(), ..database.store_options() };
+        let options = StoreOptions { replica: config.read_replica.replica_options(), ..config.store_options() };
         let store = Store::connect(&database.database_url, &options).await?;
         if !config.skip_migrations {
             store.migrate().await.with_context(|| format!("migrating {}", redact(&database.database_url)))?;

@@ -38,6 +38,12 @@ pub enum ApiError {
     UnsupportedMediaType,
     #[error("the request could not be understood")]
     BadRequest,
+    #[error("the Idempotency-Key header is malformed: {0}")]
+    InvalidIdempotencyKey(&'static str),
+    #[error("this Idempotency-Key was already used for a different request")]
+    IdempotencyKeyReused,
+    #[error("a request with this Idempotency-Key is still being processed; retry shortly")]
+    IdempotencyKeyInUse { retry_after_secs: u32 },
     #[error("the request head is too large: too many or too long header fields")]
     HeaderFieldsTooLarge,
     #[error("the request target (URI) is too long")]
@@ -98,6 +104,15 @@ impl ApiError {
             Self::InvalidQuery(_) => (StatusCode::BAD_REQUEST, "invalid_query", "Invalid query parameter"),
             Self::EmailTaken => (StatusCode::BAD_REQUEST, "email_taken", "Email already registered"),
             Self::BadRequest => (StatusCode::BAD_REQUEST, "bad_request", "Bad request"),
+            Self::InvalidIdempotencyKey(_) => {
+                (StatusCode::BAD_REQUEST, "invalid_idempotency_key", "Invalid Idempotency-Key")
+            }
+            Self::IdempotencyKeyReused => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused", "Idempotency-Key reused")
+            }
+            Self::IdempotencyKeyInUse { .. } => {
+                (StatusCode::CONFLICT, "idempotency_key_in_use", "Idempotency-Key in use")
+            }
             Self::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "Payload too large"),
             Self::HeaderFieldsTooLarge => (
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -206,7 +221,9 @@ impl IntoResponse for ApiError {
             (status, [(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON))], body).into_response();
         let headers = response.headers_mut();
         match self {
-            Self::Unavailable { retry_after_secs } | Self::StreamsBusy { retry_after_secs } => {
+            Self::Unavailable { retry_after_secs }
+            | Self::StreamsBusy { retry_after_secs }
+            | Self::IdempotencyKeyInUse { retry_after_secs } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
             }
             Self::RateLimited { retry_after_secs } => {

@@ -4,6 +4,7 @@ mod auth;
 pub mod error;
 pub mod extract;
 mod health;
+mod idempotency;
 mod list_stream;
 mod middleware;
 mod openapi;

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{MatchedPath, Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -13,7 +13,11 @@ use serde::Deserialize;
 use super::AppState;
 use super::error::{ApiError, FieldError};
 use super::extract::NewUserJson;
+use super::idempotency::{self, MaybeIdempotencyKey};
+use super::request_id;
 use super::user_json::UserJson;
+use crate::domain::User;
+use crate::store::{KeyedCreate, KeyedOutcome, StoredAnswer};
 
 /// Largest page `?limit=` may ask for.
 pub const MAX_PAGE_SIZE: u32 = 1000;
@@ -31,28 +35,77 @@ pub fn router() -> Router<Arc<AppState>> {
     post,
     path = "/user",
     tag = "users",
+    params(
+        ("Idempotency-Key" = Option<String>, Header,
+            description = "Makes the create safe to send again (draft-ietf-httpapi-idempotency-key-header-07): \
+            a structured-field string such as `\"8e03978e-40d5-43e8-bc93-6894a57f9324\"` (a bare value is \
+            accepted too), 1–255 visible ASCII characters, scoped to the token's subject. The first definite \
+            answer (201, or 400 `email_taken`) is stored with the user, in one transaction, for \
+            `IDEMPOTENCY_RETENTION` (24 h by default); the same key with the same body gets it again, \
+            with `Idempotent-Replayed: true`."),
+    ),
     request_body(content = super::openapi::NewUserRequest, content_type = "application/json"),
     responses(
-        (status = 201, description = "Created", body = super::openapi::User,
-            headers(("Location" = String, description = "/users/{id} of the new user"))),
-        (status = 400, description = "Invalid field, malformed JSON, or email_taken", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 201, description = "Created (or, with `Idempotent-Replayed: true`, the stored answer to an earlier request with this Idempotency-Key)", body = super::openapi::User,
+            headers(
+                ("Location" = String, description = "/users/{id} of the new user"),
+                ("Idempotent-Replayed" = String, description = "`true` when this is the stored answer to an earlier request with the same Idempotency-Key"),
+            )),
+        (status = 400, description = "Invalid field, malformed JSON, email_taken, or a malformed Idempotency-Key (`invalid_idempotency_key`)", body = super::openapi::Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or invalid bearer token", body = super::openapi::Problem, content_type = "application/problem+json"),
         (status = 403, description = "Token lacks users:write", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`idempotency_key_in_use`: a request with this Idempotency-Key is still being processed; nothing was done for this one; retry after Retry-After", body = super::openapi::Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = String, description = "seconds"))),
         (status = 413, description = "Body over 64 KiB", body = super::openapi::Problem, content_type = "application/problem+json"),
         (status = 415, description = "Content type is not JSON", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`idempotency_key_reused`: this Idempotency-Key was used for a different request (another body or path); nothing was done", body = super::openapi::Problem, content_type = "application/problem+json"),
         (status = 429, description = "Rate limited", body = super::openapi::Problem, content_type = "application/problem+json"),
         (status = 503, description = "Nothing was stored: database unavailable, overloaded, or the write could not start before its deadline; retry after Retry-After", body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 504, description = "`outcome_unknown`: the write reached the database but its commit got no answer; it may or may not be stored (no Retry-After). Check with GET before writing again", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 504, description = "`outcome_unknown`: the write reached the database but its commit got no answer; it may or may not be stored (no Retry-After). Check with GET before writing again, or resend with the same Idempotency-Key", body = super::openapi::Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = ["users:write"]))
 )]
 pub(super) async fn create_user(
     State(state): State<Arc<AppState>>,
+    route: MatchedPath,
+    MaybeIdempotencyKey(key): MaybeIdempotencyKey,
     NewUserJson(new_user): NewUserJson,
 ) -> Result<Response, ApiError> {
-    let user = state.store.create(new_user).await?;
-    let location = HeaderValue::from_str(&format!("/users/{}", user.id)).expect("an id is a valid header");
-    Ok((StatusCode::CREATED, [(header::LOCATION, location)], json(&UserJson::of(&user))).into_response())
+    let Some(key) = key else {
+        let user = state.store.create(new_user).await?;
+        let location = HeaderValue::from_str(&format!("/users/{}", user.id)).expect("an id is a valid header");
+        return Ok((StatusCode::CREATED, [(header::LOCATION, location)], json(&UserJson::of(&user))).into_response());
+    };
+    let keyed = KeyedCreate {
+        subject: key.subject,
+        key: key.key,
+        fingerprint: idempotency::fingerprint(route.as_str(), &new_user),
+        created: (StatusCode::CREATED.as_u16(), created_body),
+        taken: StoredAnswer {
+            status: ApiError::EmailTaken.status().as_u16(),
+            body: ApiError::EmailTaken.problem_json(request_id::current()),
+            user_id: None,
+        },
+    };
+    let outcome = state.store.create_keyed(new_user, keyed).await?;
+    let label = match &outcome {
+        KeyedOutcome::Fresh(_) => "stored",
+        KeyedOutcome::Replayed(_) => "replayed",
+        KeyedOutcome::KeyReused => "key_reused",
+        KeyedOutcome::InFlight => "in_flight",
+    };
+    metrics::counter!("idempotent_requests_total", "outcome" => label).increment(1);
+    match outcome {
+        KeyedOutcome::Fresh(answer) => Ok(idempotency::respond(answer, false)),
+        KeyedOutcome::Replayed(answer) => Ok(idempotency::respond(answer, true)),
+        KeyedOutcome::KeyReused => Err(ApiError::IdempotencyKeyReused),
+        KeyedOutcome::InFlight => Err(ApiError::IdempotencyKeyInUse { retry_after_secs: 1 }),
+    }
+}
+
+/// The body of a 201, as stored with an idempotency key (the same bytes the unkeyed path sends).
+fn created_body(user: &User) -> Vec<u8> {
+    serde_json::to_vec(&UserJson::of(user)).expect("users serialise")
 }
 
 #[utoipa::path(

@@ -1,5 +1,6 @@
 //! Persistence: one `Store` over SQLite (embedded default) or PostgreSQL.
 
+mod idempotency;
 mod postgres;
 mod postgres_writer;
 mod rekey;
@@ -12,6 +13,7 @@ use tokio::sync::oneshot;
 
 use crate::domain::{NewUser, User, UserRef};
 
+pub use idempotency::{KeyedCreate, KeyedOutcome, StoredAnswer};
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
@@ -28,6 +30,8 @@ pub struct StoreOptions {
     pub ca_file: Option<std::path::PathBuf>,
     /// A PostgreSQL read replica for reads by id and pages (PostgreSQL only).
     pub replica: Option<ReplicaOptions>,
+    /// How long an idempotency key and its stored answer count; older ones are ignored, then purged.
+    pub idempotency_retention: Duration,
 }
 
 /// Where reads go when they can: a streaming replica of the primary, with the same credentials
@@ -43,7 +47,14 @@ pub struct ReplicaOptions {
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        Self { max_connections: 10, password: None, timeout: Duration::from_secs(3), ca_file: None, replica: None }
+        Self {
+            max_connections: 10,
+            password: None,
+            timeout: Duration::from_secs(3),
+            ca_file: None,
+            replica: None,
+            idempotency_retention: Duration::from_secs(24 * 3600),
+        }
     }
 }
 
@@ -119,6 +130,18 @@ impl Store {
             match self {
                 Self::Sqlite(s) => s.create(user).await,
                 Self::Postgres(s) => s.create(user).await,
+            }
+        })
+        .await
+    }
+
+    /// A create with an idempotency key: the user and the key's answer in one transaction, or
+    /// the answer stored for the key, or a refusal (key reused, or in flight).
+    pub async fn create_keyed(&self, user: NewUser, keyed: KeyedCreate) -> Result<KeyedOutcome, StoreError> {
+        self.timed("insert_keyed", async {
+            match self {
+                Self::Sqlite(s) => s.create_keyed(user, keyed).await,
+                Self::Postgres(s) => s.create_keyed(user, keyed).await,
             }
         })
         .await
@@ -244,19 +267,19 @@ pub(crate) fn write_batch_span<'a>(
 /// may take before its outcome is reported unknown.
 pub const COMMIT_GRACE: Duration = Duration::from_millis(750);
 
-/// An insert handed to a store's writer. A job not started by `deadline` is answered
-/// `Unavailable` without touching the database; once started, the writer answers with the
-/// database's own outcome.
-pub(crate) struct WriteJob {
+/// An insert handed to a store's writer, answered with an `R`. A job not started by `deadline`
+/// is answered `Unavailable` without touching the database; once started, the writer answers
+/// with the database's own outcome.
+pub(crate) struct WriteJob<R = User> {
     pub user: NewUser,
     pub deadline: Instant,
-    pub reply: oneshot::Sender<Result<User, StoreError>>,
+    pub reply: oneshot::Sender<Result<R, StoreError>>,
     /// The request's `write wait` span: the batch's parent or link.
     pub span: tracing::Span,
 }
 
-impl WriteJob {
-    pub fn new(user: NewUser, timeout: Duration) -> (Self, oneshot::Receiver<Result<User, StoreError>>) {
+impl<R> WriteJob<R> {
+    pub fn new(user: NewUser, timeout: Duration) -> (Self, oneshot::Receiver<Result<R, StoreError>>) {
         let (reply, outcome) = oneshot::channel();
         (Self { user, deadline: Instant::now() + timeout, reply, span: write_wait_span() }, outcome)
     }
@@ -278,11 +301,11 @@ impl WriteJob {
 
 /// Waits for the writer's answer. The writer answers every job by its deadline plus the commit
 /// grace; past that (a writer stuck in a commit) the outcome is unknown, not "retry".
-pub(crate) async fn await_write(
-    outcome: oneshot::Receiver<Result<User, StoreError>>,
+pub(crate) async fn await_write<R>(
+    outcome: oneshot::Receiver<Result<R, StoreError>>,
     deadline: Instant,
     span: tracing::Span,
-) -> Result<User, StoreError> {
+) -> Result<R, StoreError> {
     use tracing::Instrument;
     let bound = tokio::time::Instant::from_std(deadline + COMMIT_GRACE + Duration::from_millis(500));
     match tokio::time::timeout_at(bound, outcome).instrument(span).await {

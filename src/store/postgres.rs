@@ -9,6 +9,7 @@ use tokio_postgres::error::SqlState;
 use tracing::Instrument;
 
 mod app_role;
+mod keyed;
 mod replica;
 
 use super::postgres_writer::InsertBatcher;
@@ -17,8 +18,11 @@ use super::{StoreError, StoreOptions, pool_wait_span, statement_span};
 use crate::domain::{NewUser, User};
 use replica::{ReadPool, Replica};
 
-const MIGRATIONS: &[(i64, Migration)] =
-    &[(1, Migration::Sql(include_str!("migrations/postgres/0001_users.sql"))), (2, Migration::RekeyEmails)];
+const MIGRATIONS: &[(i64, Migration)] = &[
+    (1, Migration::Sql(include_str!("migrations/postgres/0001_users.sql"))),
+    (2, Migration::RekeyEmails),
+    (3, Migration::Sql(include_str!("migrations/postgres/0003_idempotency_keys.sql"))),
+];
 /// Serialises migrations of instances starting together (an arbitrary, fixed key).
 const MIGRATION_LOCK_KEY: i64 = 0x7573_6572_735f_6170;
 
@@ -31,6 +35,7 @@ pub struct PostgresStore {
     replica: Option<Replica>,
     writer: InsertBatcher,
     timeout: Duration,
+    idempotency_retention: Duration,
 }
 
 impl PostgresStore {
@@ -43,7 +48,14 @@ impl PostgresStore {
         };
         // Half the connections for batched inserts, the rest stay free for reads.
         let writer = InsertBatcher::start(pool.clone(), options.timeout, options.max_connections / 2);
-        Ok(Self { pool, replica, writer, timeout: options.timeout })
+        tokio::spawn(keyed::purge_expired_keys(pool.clone(), options.idempotency_retention, options.timeout));
+        Ok(Self {
+            pool,
+            replica,
+            writer,
+            timeout: options.timeout,
+            idempotency_retention: options.idempotency_retention,
+        })
     }
 
     pub async fn migrate(&self) -> anyhow::Result<()> {

@@ -49,6 +49,25 @@ impl InsertBatcher {
     }
 }
 
+/// Sends COMMIT and waits for its answer up to the commit grace after `start_by`. An error the
+/// server answered means not committed; a lost connection or no answer is `OutcomeUnknown`.
+pub(super) async fn commit(client: Object, start_by: Instant) -> Result<(), StoreError> {
+    let grace = tokio::time::Instant::from_std(start_by.max(Instant::now()) + COMMIT_GRACE);
+    match tokio::time::timeout_at(grace, client.batch_execute("COMMIT")).await {
+        Ok(Ok(())) => Ok(()),
+        // The server answered: not committed.
+        Ok(Err(e)) if e.code().is_some() => Err(map_error(e)),
+        Ok(Err(e)) => {
+            drop(Object::take(client));
+            Err(StoreError::OutcomeUnknown(format!("connection lost during COMMIT: {e}")))
+        }
+        Err(_) => {
+            drop(Object::take(client));
+            Err(StoreError::OutcomeUnknown("no answer to COMMIT within the grace".into()))
+        }
+    }
+}
+
 async fn collect(pool: Pool, concurrency: usize, mut jobs: mpsc::Receiver<WriteJob>) {
     let slots = Arc::new(Semaphore::new(concurrency));
     while let Some(first) = jobs.recv().await {
@@ -123,20 +142,7 @@ async fn insert_batch(pool: &Pool, batch: Vec<WriteJob>) {
                 });
             }
         };
-        let grace = tokio::time::Instant::from_std(start_by.max(Instant::now()) + COMMIT_GRACE);
-        match tokio::time::timeout_at(grace, client.batch_execute("COMMIT")).await {
-            Ok(Ok(())) => Ok(rows),
-            // The server answered: not committed.
-            Ok(Err(e)) if e.code().is_some() => Err(map_error(e)),
-            Ok(Err(e)) => {
-                drop(Object::take(client));
-                Err(StoreError::OutcomeUnknown(format!("connection lost during COMMIT: {e}")))
-            }
-            Err(_) => {
-                drop(Object::take(client));
-                Err(StoreError::OutcomeUnknown("no answer to COMMIT within the grace".into()))
-            }
-        }
+        commit(client, start_by).await.map(|()| rows)
     }
     .await;
     crate::telemetry::record_write_batch(batch.len(), started.elapsed());

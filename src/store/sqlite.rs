@@ -1,7 +1,8 @@
 //! SQLite: one writer thread that group-commits, a pool of readers, WAL with durable commits.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -11,6 +12,7 @@ use deadpool::managed::{Metrics, Pool, RecycleResult};
 use deadpool_sqlite::rusqlite::{self, Connection, ErrorCode, OptionalExtension, params};
 use tokio::sync::mpsc;
 
+use super::idempotency::{KeyedCreate, KeyedOutcome, PURGE_BATCH, StoredAnswer, purge_interval};
 use super::rekey::{self, Migration, StoredEmail};
 use tracing::Instrument;
 
@@ -20,8 +22,11 @@ use super::{
 };
 use crate::domain::{NewUser, User, UserRef};
 
-const MIGRATIONS: &[(i64, Migration)] =
-    &[(1, Migration::Sql(include_str!("migrations/sqlite/0001_users.sql"))), (2, Migration::RekeyEmails)];
+const MIGRATIONS: &[(i64, Migration)] = &[
+    (1, Migration::Sql(include_str!("migrations/sqlite/0001_users.sql"))),
+    (2, Migration::RekeyEmails),
+    (3, Migration::Sql(include_str!("migrations/sqlite/0003_idempotency_keys.sql"))),
+];
 
 /// Pending writes beyond this are refused with 503 rather than queued without bound.
 const WRITE_QUEUE_CAPACITY: usize = 4096;
@@ -34,8 +39,82 @@ const SELECT_USER: &str = "SELECT id, name, email, created_at FROM users";
 const SYSTEM: &str = "sqlite";
 
 enum WriterMessage {
-    Insert(WriteJob),
+    Insert(Job),
+    /// Delete expired idempotency keys, a bounded batch at a time, while no insert waits.
+    Purge,
     Shutdown,
+}
+
+/// One insert of a batch: a plain one, or one with an idempotency key written beside it.
+enum Job {
+    Plain(WriteJob),
+    Keyed(WriteJob<KeyedOutcome>, Box<KeyedCreate>),
+}
+
+impl Job {
+    fn deadline(&self) -> Instant {
+        match self {
+            Self::Plain(job) => job.deadline,
+            Self::Keyed(job, _) => job.deadline,
+        }
+    }
+
+    fn span(&self) -> &tracing::Span {
+        match self {
+            Self::Plain(job) => &job.span,
+            Self::Keyed(job, _) => &job.span,
+        }
+    }
+
+    fn unless_expired(self, now: Instant) -> Option<Self> {
+        match self {
+            Self::Plain(job) => job.unless_expired(now).map(Self::Plain),
+            Self::Keyed(job, keyed) => job.unless_expired(now).map(|job| Self::Keyed(job, keyed)),
+        }
+    }
+
+    fn fail(self, error: StoreError) {
+        match self {
+            Self::Plain(job) => {
+                let _ = job.reply.send(Err(error));
+            }
+            Self::Keyed(job, _) => {
+                let _ = job.reply.send(Err(error));
+            }
+        }
+    }
+}
+
+/// A job's result inside the batch's transaction, sent once the commit succeeded.
+enum JobResult {
+    Plain(Result<User, StoreError>),
+    Keyed(Result<KeyedOutcome, StoreError>),
+}
+
+/// Keys (subject, key) of keyed creates being written by this process: a second request with
+/// one of them is answered 409 instead of waiting. One process writes a SQLite file.
+type InFlightKeys = Arc<Mutex<HashSet<(String, String)>>>;
+
+/// Holds a key in the in-flight set until dropped.
+struct InFlightKey {
+    keys: InFlightKeys,
+    entry: Option<(String, String)>,
+}
+
+impl InFlightKey {
+    fn claim(keys: &InFlightKeys, subject: &str, key: &str) -> Option<Self> {
+        let entry = (subject.to_owned(), key.to_owned());
+        let fresh = keys.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(entry.clone());
+        fresh.then(|| Self { keys: keys.clone(), entry: Some(entry) })
+    }
+}
+
+impl Drop for InFlightKey {
+    fn drop(&mut self) {
+        if let Some(entry) = self.entry.take() {
+            self.keys.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&entry);
+        }
+    }
 }
 
 pub struct SqliteStore {
@@ -44,6 +123,7 @@ pub struct SqliteStore {
     writer: mpsc::Sender<WriterMessage>,
     writer_thread: Mutex<Option<JoinHandle<()>>>,
     timeout: Duration,
+    in_flight_keys: InFlightKeys,
 }
 
 impl SqliteStore {
@@ -51,10 +131,12 @@ impl SqliteStore {
         let path = PathBuf::from(path);
         let writer_conn = open_writer(&path)?;
         let (writer, queue) = mpsc::channel(WRITE_QUEUE_CAPACITY);
+        let retention = options.idempotency_retention;
         let writer_thread = std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || writer_loop(writer_conn, queue))
+            .spawn(move || writer_loop(writer_conn, queue, retention))
             .context("spawning the SQLite writer thread")?;
+        tokio::spawn(request_purges(writer.downgrade(), purge_interval(retention)));
         let readers = Pool::builder(Readers { path: path.clone() })
             .max_size(options.max_connections.max(1))
             .runtime(Runtime::Tokio1)
@@ -62,7 +144,14 @@ impl SqliteStore {
             .create_timeout(Some(options.timeout))
             .build()
             .context("building the SQLite read pool")?;
-        Ok(Self { path, readers, writer, writer_thread: Mutex::new(Some(writer_thread)), timeout: options.timeout })
+        Ok(Self {
+            path,
+            readers,
+            writer,
+            writer_thread: Mutex::new(Some(writer_thread)),
+            timeout: options.timeout,
+            in_flight_keys: InFlightKeys::default(),
+        })
     }
 
     pub async fn migrate(&self) -> anyhow::Result<()> {
@@ -78,11 +167,28 @@ impl SqliteStore {
     pub async fn create(&self, user: NewUser) -> Result<User, StoreError> {
         let (job, outcome) = WriteJob::new(user, self.timeout);
         let (deadline, span) = (job.deadline, job.span.clone());
+        self.send(Job::Plain(job))?;
+        await_write(outcome, deadline, span).await
+    }
+
+    /// The key is looked up and written by the writer, in the user's transaction, so the
+    /// stored answer is authoritative; the in-flight set only turns a concurrent duplicate into
+    /// a quick 409 instead of a wait.
+    pub async fn create_keyed(&self, user: NewUser, keyed: KeyedCreate) -> Result<KeyedOutcome, StoreError> {
+        let Some(_in_flight) = InFlightKey::claim(&self.in_flight_keys, &keyed.subject, &keyed.key) else {
+            return Ok(KeyedOutcome::InFlight);
+        };
+        let (job, outcome) = WriteJob::new(user, self.timeout);
+        let (deadline, span) = (job.deadline, job.span.clone());
+        self.send(Job::Keyed(job, Box::new(keyed)))?;
+        await_write(outcome, deadline, span).await
+    }
+
+    fn send(&self, job: Job) -> Result<(), StoreError> {
         self.writer.try_send(WriterMessage::Insert(job)).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => StoreError::Overloaded,
             mpsc::error::TrySendError::Closed(_) => StoreError::Unavailable("writer stopped".into()),
-        })?;
-        await_write(outcome, deadline, span).await
+        })
     }
 
     pub async fn get(&self, id: i64) -> Result<Option<User>, StoreError> {
@@ -239,18 +345,50 @@ fn rekey_emails(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
     tx.execute_batch("CREATE UNIQUE INDEX users_email_key ON users (email_key)")
 }
 
-/// Takes every queued insert, commits them in one transaction, then answers each.
-fn writer_loop(conn: Connection, mut queue: mpsc::Receiver<WriterMessage>) {
-    let mut batch: Vec<WriteJob> = Vec::with_capacity(MAX_BATCH);
+/// Asks the writer to purge expired keys every `interval`, until the writer is gone. A full
+/// queue skips a tick: the writer is busy and the next tick comes soon enough.
+async fn request_purges(writer: mpsc::WeakSender<WriterMessage>, interval: Duration) {
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    loop {
+        tick.tick().await;
+        let Some(writer) = writer.upgrade() else { return };
+        if let Err(mpsc::error::TrySendError::Closed(_)) = writer.try_send(WriterMessage::Purge) {
+            return;
+        }
+    }
+}
+
+/// Takes every queued insert, commits them in one transaction, then answers each. Between
+/// batches, when nothing is queued, deletes expired idempotency keys in bounded batches.
+fn writer_loop(conn: Connection, mut queue: mpsc::Receiver<WriterMessage>, retention: Duration) {
+    let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+    let mut purge_pending = false;
     let mut shutting_down = false;
     while !shutting_down {
-        match queue.blocking_recv() {
+        let first = if purge_pending {
+            match queue.try_recv() {
+                Ok(message) => Some(message),
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    purge_pending = purge_expired_keys(&conn, retention);
+                    continue;
+                }
+                Err(mpsc::error::TryRecvError::Disconnected) => None,
+            }
+        } else {
+            queue.blocking_recv()
+        };
+        match first {
             Some(WriterMessage::Insert(job)) => batch.push(job),
+            Some(WriterMessage::Purge) => {
+                purge_pending = true;
+                continue;
+            }
             Some(WriterMessage::Shutdown) | None => break,
         }
         while batch.len() < MAX_BATCH {
             match queue.try_recv() {
                 Ok(WriterMessage::Insert(job)) => batch.push(job),
+                Ok(WriterMessage::Purge) => purge_pending = true,
                 Ok(WriterMessage::Shutdown) => {
                     shutting_down = true;
                     break;
@@ -258,25 +396,56 @@ fn writer_loop(conn: Connection, mut queue: mpsc::Receiver<WriterMessage>) {
                 Err(_) => break,
             }
         }
-        commit_batch(&conn, &mut batch);
+        commit_batch(&conn, &mut batch, retention);
+    }
+}
+
+/// Milliseconds since the Unix epoch: the idempotency table's clock.
+fn unix_millis() -> i64 {
+    let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Deletes up to `PURGE_BATCH` expired keys in one short transaction of its own (the statement's
+/// autocommit); returns whether more may remain. A held write lock (another process) skips it.
+fn purge_expired_keys(conn: &Connection, retention: Duration) -> bool {
+    let cutoff = unix_millis() - i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+    let deleted = conn.busy_timeout(Duration::from_millis(50)).and_then(|()| {
+        conn.prepare_cached(&format!(
+            "DELETE FROM idempotency_keys WHERE (subject, key) IN \
+             (SELECT subject, key FROM idempotency_keys WHERE created_at <= ?1 LIMIT {PURGE_BATCH})"
+        ))?
+        .execute([cutoff])
+    });
+    match deleted {
+        Ok(deleted) => {
+            if deleted > 0 {
+                tracing::debug!(deleted, "expired idempotency keys purged");
+            }
+            deleted == PURGE_BATCH
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "purging expired idempotency keys failed; retried at the next tick");
+            false
+        }
     }
 }
 
 /// Commits the batch's jobs that are still in time. The wait for the write lock ends before the
 /// earliest deadline (busy_timeout), so a job either starts in time or is answered 503 with
 /// nothing written; once the lock is held, the outcome is the commit's own.
-fn commit_batch(conn: &Connection, batch: &mut Vec<WriteJob>) {
+fn commit_batch(conn: &Connection, batch: &mut Vec<Job>, retention: Duration) {
     let now = Instant::now();
-    let jobs: Vec<WriteJob> = batch.drain(..).filter_map(|job| job.unless_expired(now)).collect();
-    let Some(start_by) = jobs.iter().map(|job| job.deadline).min() else { return };
-    let span = write_batch_span(SYSTEM, jobs.iter().map(|job| &job.span));
+    let jobs: Vec<Job> = batch.drain(..).filter_map(|job| job.unless_expired(now)).collect();
+    let Some(start_by) = jobs.iter().map(Job::deadline).min() else { return };
+    let span = write_batch_span(SYSTEM, jobs.iter().map(Job::span));
     span.record("db.operation.batch.size", jobs.len() as i64);
     let _entered = span.enter();
     let started = Instant::now();
     // Microseconds: what the column keeps, so a 201 and a later read show the same instant.
     let created_at = truncate_to_micros(time::OffsetDateTime::now_utc());
     let stored_created_at = format_timestamp(created_at);
-    let outcome = (|| -> rusqlite::Result<Vec<Result<User, StoreError>>> {
+    let outcome = (|| -> rusqlite::Result<Vec<JobResult>> {
         conn.busy_timeout(start_by.saturating_duration_since(Instant::now()))?;
         // IMMEDIATE: the write lock is taken here, once, not by the first insert.
         let tx = rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)?;
@@ -285,9 +454,9 @@ fn commit_batch(conn: &Connection, batch: &mut Vec<WriteJob>) {
             let _statement = statement_span(SYSTEM, "INSERT users").entered();
             let mut insert =
                 tx.prepare_cached("INSERT INTO users (name, email, email_key, created_at) VALUES (?1, ?2, ?3, ?4)")?;
-            for WriteJob { user, .. } in &jobs {
-                // A failed statement rolls back only itself; the rest of the batch commits.
-                let result = insert
+            // A failed statement rolls back only itself; the rest of the batch commits.
+            let mut insert_user = |user: &NewUser| {
+                insert
                     .execute(params![user.name.as_str(), user.email.as_str(), user.email.key(), stored_created_at])
                     .map(|_| User {
                         id: tx.last_insert_rowid(),
@@ -295,8 +464,15 @@ fn commit_batch(conn: &Connection, batch: &mut Vec<WriteJob>) {
                         email: user.email.as_str().to_owned(),
                         created_at,
                     })
-                    .map_err(map_error);
-                results.push(result);
+                    .map_err(map_error)
+            };
+            for job in &jobs {
+                results.push(match job {
+                    Job::Plain(job) => JobResult::Plain(insert_user(&job.user)),
+                    Job::Keyed(job, keyed) => {
+                        JobResult::Keyed(insert_keyed(&tx, keyed, retention, || insert_user(&job.user)))
+                    }
+                });
             }
         }
         tx.commit()?;
@@ -306,7 +482,15 @@ fn commit_batch(conn: &Connection, batch: &mut Vec<WriteJob>) {
     match outcome {
         Ok(results) => {
             for (job, result) in jobs.into_iter().zip(results) {
-                let _ = job.reply.send(result);
+                match (job, result) {
+                    (Job::Plain(job), JobResult::Plain(result)) => {
+                        let _ = job.reply.send(result);
+                    }
+                    (Job::Keyed(job, _), JobResult::Keyed(result)) => {
+                        let _ = job.reply.send(result);
+                    }
+                    (job, _) => job.fail(StoreError::Internal(anyhow::anyhow!("a job got another kind's result"))),
+                }
             }
         }
         Err(e) => {
@@ -314,14 +498,74 @@ fn commit_batch(conn: &Connection, batch: &mut Vec<WriteJob>) {
             tracing::error!(error = %e, batch = jobs.len(), "SQLite batch commit failed");
             let unavailable = is_unavailable(&e);
             for job in jobs {
-                let _ = job.reply.send(Err(if unavailable {
+                job.fail(if unavailable {
                     StoreError::Unavailable(e.to_string())
                 } else {
                     StoreError::Internal(anyhow::anyhow!("commit failed: {e}"))
-                }));
+                });
             }
         }
     }
+}
+
+/// Inside the batch's transaction: the stored answer for the key when there is one in the
+/// retention; otherwise the insert and the key's row, under a savepoint so that a failure takes
+/// back both and nothing else of the batch.
+fn insert_keyed(
+    tx: &rusqlite::Transaction<'_>,
+    keyed: &KeyedCreate,
+    retention: Duration,
+    insert_user: impl FnOnce() -> Result<User, StoreError>,
+) -> Result<KeyedOutcome, StoreError> {
+    let now = unix_millis();
+    let oldest = now - i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+    let stored = tx
+        .prepare_cached(
+            "SELECT fingerprint, status, body, user_id FROM idempotency_keys \
+             WHERE subject = ?1 AND key = ?2 AND created_at > ?3",
+        )
+        .and_then(|mut select| {
+            select
+                .query_row(params![keyed.subject, keyed.key, oldest], |row| {
+                    let fingerprint: Vec<u8> = row.get(0)?;
+                    let answer = StoredAnswer { status: row.get(1)?, body: row.get(2)?, user_id: row.get(3)? };
+                    Ok((fingerprint, answer))
+                })
+                .optional()
+        })
+        .map_err(map_error)?;
+    if let Some((fingerprint, answer)) = stored {
+        return Ok(KeyedOutcome::from_stored(&fingerprint, &keyed.fingerprint, answer));
+    }
+    tx.execute_batch("SAVEPOINT keyed_create").map_err(map_error)?;
+    let result = insert_user();
+    let stored = match keyed.answer(&result) {
+        None => Err(result.err().unwrap_or_else(|| StoreError::Internal(anyhow::anyhow!("no answer to store")))),
+        Some(answer) => tx
+            .prepare_cached(
+                "INSERT INTO idempotency_keys (subject, key, fingerprint, status, body, user_id, created_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+                 ON CONFLICT (subject, key) DO UPDATE SET fingerprint = excluded.fingerprint, \
+                 status = excluded.status, body = excluded.body, user_id = excluded.user_id, \
+                 created_at = excluded.created_at",
+            )
+            .and_then(|mut upsert| {
+                upsert.execute(params![
+                    keyed.subject,
+                    keyed.key,
+                    keyed.fingerprint,
+                    answer.status,
+                    answer.body,
+                    answer.user_id,
+                    now
+                ])
+            })
+            .map(|_| KeyedOutcome::Fresh(answer))
+            .map_err(map_error),
+    };
+    let end = if stored.is_ok() { "RELEASE keyed_create" } else { "ROLLBACK TO keyed_create; RELEASE keyed_create" };
+    tx.execute_batch(end).map_err(map_error)?;
+    stored
 }
 
 fn row_to_user(row: &rusqlite::Row<'_>) -> rusqlite::Result<User> {

@@ -89,6 +89,14 @@ impl TestApp {
         format!("http://{}{}", self.addr, path)
     }
 
+    /// The PostgreSQL schema behind this app, when it runs on PostgreSQL.
+    pub fn pg_schema(&self) -> Option<&PgSchema> {
+        match &self.database {
+            Some(OwnedDatabase::Postgres(schema)) => Some(schema),
+            _ => None,
+        }
+    }
+
     /// The SQLite file behind this app, when it runs on SQLite.
     pub fn sqlite_path(&self) -> Option<PathBuf> {
         match &self.database {
