@@ -33,9 +33,11 @@ ROOT = Path(__file__).resolve().parents[2]
 BENCH = ROOT / "bench"
 LIB = BENCH / "lib"
 PEER_DIR = BENCH / "peers" / "fastapi"
+NODE_PEER_DIR = BENCH / "peers" / "node"
 BIN_DIR = Path(os.environ.get("BENCH_BIN_DIR") or ROOT / "target" / "release")
 SERVICE_BIN = BIN_DIR / "users-api"
 HELLO_BIN = BIN_DIR / "examples" / "hello"
+PG_POOL = 10  # the service's PostgreSQL pool in every PostgreSQL scenario: its default, set explicitly
 ALL_SCENARIOS = ("health", "list", "post_sqlite", "post_pg", "list_pg", "full", "cold", "tracing_health",
                  "tracing_post")
 
@@ -83,6 +85,8 @@ class Settings:
     run_dir: Path
     venv: Path
     command: str
+    node: str | None  # the node binary for the Node.js peer; None when it cannot run
+    node_missing: str  # why the Node.js peer is not run
 
     @classmethod
     def from_env(cls, args: argparse.Namespace) -> "Settings":
@@ -97,6 +101,7 @@ class Settings:
         # Only a complete full run replaces bench/BENCHMARKS.md; smoke and partial runs report in their folder.
         partial = smoke or bool(args.only)
         out = Path(args.out) if args.out else (run_dir / "BENCHMARKS.md" if partial else BENCH / "BENCHMARKS.md")
+        node, node_missing = find_node_peer()
         return cls(
             mode=mode,
             duration=env_int("BENCH_DURATION", 2 if smoke else 10),
@@ -116,7 +121,19 @@ class Settings:
             run_dir=run_dir,
             venv=Path(args.venv),
             command=args.command,
+            node=node,
+            node_missing=node_missing,
         )
+
+
+def find_node_peer() -> tuple[str | None, str]:
+    """The node binary when the Node.js peer can run (bench/run installs its packages), else why not."""
+    node = shutil.which("node")
+    if node is None:
+        return None, "Node.js is not installed on this machine (no `node` on PATH)"
+    if not (NODE_PEER_DIR / "node_modules" / "fastify").is_dir():
+        return None, "its packages are not installed (bench/run runs `npm ci` in bench/peers/node)"
+    return node, ""
 
 
 # --- processes and probes ---------------------------------------------------------------------
@@ -201,13 +218,13 @@ class Server:
     def start(self, timeout: float = 60.0) -> "Server":
         self.spawn()
         self.wait_ready(timeout, interval=0.01)
-        # uvicorn with --workers 1 serves from its own process: there are no workers to wait for.
+        # A server run with --workers 1 serves from its own process: there are no workers to wait for.
         if "--workers" in self.argv and self.argv[self.argv.index("--workers") + 1] != "1":
             self.wait_workers()
         return self
 
     def wait_workers(self) -> None:
-        """uvicorn's first worker answers before the others are up: wait for all of them."""
+        """The first worker (uvicorn's, or Node's cluster) answers before the others are up: wait for all."""
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             # --workers N: the supervisor, N workers and multiprocessing's helper process.
@@ -406,6 +423,8 @@ class Targets:
         port = free_port()
         env = clean_env(BIND_ADDR=f"127.0.0.1:{port}", DATABASE_URL=database_url,
                         METRICS_ADDR=f"127.0.0.1:{free_port()}", LOG_FORMAT="json", LOG_LEVEL="info")
+        if database_url.startswith("postgres"):
+            env["DATABASE_MAX_CONNECTIONS"] = str(PG_POOL)
         return Server("users-api", [str(SERVICE_BIN), "serve"], env, port, "/ready",
                       self.s.run_dir / f"{tag}-users-api.log")
 
@@ -444,10 +463,21 @@ class Targets:
         return Server("fastapi-seed", argv, clean_env(DATABASE_PATH=str(db_path)), port, "/ready",
                       self.s.run_dir / f"{tag}-fastapi-seed.log", cwd=PEER_DIR)
 
+    def node_peer(self, tag: str, db_path: Path) -> Server:
+        """The Node.js peer: Fastify + better-sqlite3, one cluster worker per core."""
+        assert self.s.node is not None
+        port = free_port()
+        argv = [self.s.node, "app.js", "--workers", str(self.s.peer_workers)]
+        env = clean_env(DATABASE_PATH=str(db_path), HOST="127.0.0.1", PORT=str(port), NODE_ENV="production")
+        return Server("fastify", argv, env, port, "/ready", self.s.run_dir / f"{tag}-fastify.log", cwd=NODE_PEER_DIR)
+
     def peers(self, tag: str, db: Path) -> dict[str, Server]:
-        """Every peer, each on its own copy of db, so none sees another's writes."""
-        return {"fastapi": self.peer(tag, copy_db(db, self.s.run_dir / f"{tag}-fastapi.db")),
-                "fastapi-seed": self.seed_peer(tag, copy_db(db, self.s.run_dir / f"{tag}-fastapi-seed.db"))}
+        """Every peer that can run here, each on its own copy of db, so none sees another's writes."""
+        peers = {"fastapi": self.peer(tag, copy_db(db, self.s.run_dir / f"{tag}-fastapi.db")),
+                 "fastapi-seed": self.seed_peer(tag, copy_db(db, self.s.run_dir / f"{tag}-fastapi-seed.db"))}
+        if self.s.node:
+            peers["fastify"] = self.node_peer(tag, copy_db(db, self.s.run_dir / f"{tag}-fastify.db"))
+        return peers
 
 
 def trim_logs(run_dir: Path, keep_lines: int = 200) -> None:
@@ -577,7 +607,7 @@ def scenario_post_pg(s: Settings, t: Targets) -> dict[str, Any]:
         res["users-api"]["rows_after"] = int(pg.psql(f"SELECT count(*) FROM {svc_schema}.users"))
         res["pgbench"]["rows_after"] = int(pg.psql(f"SELECT count(*) FROM {bench_schema}.users"))
         res["server_version"] = pg.psql("SHOW server_version")
-        res["max_connections_pool"] = 10
+        res["pool_size"] = PG_POOL
         return res
     finally:
         for schema in (svc_schema, bench_schema):
@@ -596,7 +626,7 @@ FROM generate_series(1, {rows}) AS i
 
 
 def scenario_list_pg(s: Settings, t: Targets) -> dict[str, Any]:
-    """GET /users?limit=100 under load and the full list, on PostgreSQL with the default pool of 10."""
+    """GET /users?limit=100 under load and the full list, on PostgreSQL with a pool of PG_POOL."""
     pg = PgTarget.parse(s.pg_url)
     schema = f"bench_list_{os.getpid()}_{int(time.time())}"
     try:
@@ -626,7 +656,7 @@ def scenario_list_pg(s: Settings, t: Targets) -> dict[str, Any]:
         finally:
             server.stop()
         res["rows"] = s.full_rows
-        res["pool_size"] = 10  # the service's default DATABASE_MAX_CONNECTIONS
+        res["pool_size"] = PG_POOL
         res["server_version"] = pg.psql("SHOW server_version")
         return res
     finally:
@@ -756,6 +786,14 @@ def scenario_cold(s: Settings, t: Targets) -> dict[str, Any]:
     return result
 
 
+def load_seconds(s: Settings) -> int:
+    """Seconds of wrk/pgbench load the chosen scenarios take (1 s warm-up per server on top)."""
+    peers = 2 + (1 if s.node else 0)
+    servers = {"health": 2 + peers, "list": 2 + peers, "post_sqlite": 1 + peers, "post_pg": 2, "list_pg": 1,
+               "tracing_health": 2, "tracing_post": 2}
+    return sum(n * (s.repeats * s.duration + 1) for name, n in servers.items() if name in s.scenarios)
+
+
 # --- machine facts ---------------------------------------------------------------------------
 
 
@@ -783,6 +821,7 @@ def machine_facts() -> dict[str, str]:
         "wrk": sh(["sh", "-c", "wrk -v 2>&1 | head -1"]).split(" Copyright")[0],
         "pgbench": sh(["pgbench", "--version"]),
         "python": sh(["sh", "-c", "python3 --version"]),
+        "node": sh(["node", "--version"]) if shutil.which("node") else "not installed",
         "source": source_revision(),
     }
 
@@ -856,9 +895,13 @@ def main() -> int:
         "mode": s.mode, "command": s.command, "started": datetime.datetime.now(datetime.timezone.utc).isoformat(
             timespec="seconds"), "settings": {k: v for k, v in vars(s).items() if k not in ("out", "run_dir", "venv")}
         | {"scenarios": list(s.scenarios)}, "machine": machine_facts(), "load_before": loadavg(), "scenarios": {},
-        "errors": {}}
+        "errors": {}, "peers_not_run": {} if s.node else {"fastify": s.node_missing}}
     log(f"{s.mode} run: {s.duration}s per load run x {s.repeats}, c{s.connections} t{s.threads}, "
         f"results in {s.run_dir.relative_to(ROOT)}; load average {results['load_before']}")
+    log(f"expected load time alone: about {load_seconds(s) / 60:.0f} min (seeding, full downloads and cold starts "
+        f"come on top)")
+    if not s.node:
+        log(f"the Node.js peer will NOT be run: {s.node_missing}; the report says so")
     results["fsync"] = fsync_probe(s.run_dir)
     log(f"fsync of 4 KiB on the database disk: median {results['fsync']['median_ms']:.2f} ms, "
         f"p99 {results['fsync']['p99_ms']:.2f} ms")
@@ -869,11 +912,14 @@ def main() -> int:
                "tracing_health": scenario_tracing_health, "tracing_post": scenario_tracing_post}
     for name in s.scenarios:
         log(f"scenario {name}")
+        t_scenario = time.perf_counter()
         try:
             results["scenarios"][name] = runners[name](s, t)
         except Exception as e:  # noqa: BLE001 - one failing scenario must not hide the others
             log(f"scenario {name} FAILED: {e}")
             results["errors"][name] = str(e)
+        results.setdefault("scenario_seconds", {})[name] = round(time.perf_counter() - t_scenario, 1)
+        log(f"scenario {name} took {results['scenario_seconds'][name]:.0f}s")
         (s.run_dir / "results.json").write_text(json.dumps(results, indent=2, default=str))
     results["load_after"] = loadavg()
     results["elapsed_s"] = round(time.perf_counter() - t_start, 1)

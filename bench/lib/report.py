@@ -77,15 +77,15 @@ def targets(res: dict[str, Any]) -> list[Target]:
     ceiling = g(sc, "health", "hello", "rps")
     t = [
         Target("GET /health vs the hello ceiling", "health/hello", ratio(g(sc, "health", "users-api", "rps"), ceiling),
-               0.9, True, "x"),
+               0.85, True, "x"),
         Target("GET /users?limit=100 vs bare axum serialising 100 in-memory users", "list/ceiling",
                ratio(g(sc, "list", "users-api", "rps"), g(sc, "list", "hello", "rps")), 0.35, True, "x"),
         Target("POST /user (SQLite) vs the hello ceiling", "POST-sqlite/hello",
-               ratio(g(sc, "post_sqlite", "users-api", "rps"), ceiling), 0.3, True, "x"),
+               ratio(g(sc, "post_sqlite", "users-api", "rps"), ceiling), 0.45, True, "x"),
         Target("POST /user (SQLite) p99 latency", "POST-sqlite p99", g(sc, "post_sqlite", "users-api", "p99_ms"),
                10.0, False, "ms"),
         Target("POST /user (PostgreSQL) vs pgbench's single-row INSERT", "POST-pg/pgbench",
-               ratio(g(sc, "post_pg", "users-api", "rps"), g(sc, "post_pg", "pgbench", "rps")), 1.0, True, "x"),
+               ratio(g(sc, "post_pg", "users-api", "rps"), g(sc, "post_pg", "pgbench", "rps")), 1.3, True, "x"),
         Target("GET /health vs FastAPI", "health/FastAPI",
                ratio(g(sc, "health", "users-api", "rps"), g(sc, "health", "fastapi", "rps")), 30, True, "x"),
         Target("GET /users?limit=100 vs FastAPI", "list/FastAPI",
@@ -151,12 +151,15 @@ def fmt_mb_kb(kb: int | None) -> str:
 
 
 PEERS = ["fastapi", "fastapi-seed", "fastify"]
+PG_SCENARIOS = ("post_pg", "list_pg")
+# {pool}: the service's PostgreSQL pool, {conns}: wrk's and pgbench's connections, from the run itself.
 LOAD_SCENARIOS = [
     ("health", "GET /health", ["users-api", "hello", *PEERS]),
     ("list", "GET /users?limit=100", ["users-api", "hello", *PEERS]),
     ("post_sqlite", "POST /user, SQLite, a new email per request", ["users-api", *PEERS]),
-    ("post_pg", "POST /user, PostgreSQL, a new email per request", ["users-api", "pgbench"]),
-    ("list_pg", "GET /users?limit=100, PostgreSQL (pool 10)", ["users-api"]),
+    ("post_pg", "POST /user, PostgreSQL (service pool {pool}; pgbench {conns} connections), a new email per request",
+     ["users-api", "pgbench", *PEERS]),
+    ("list_pg", "GET /users?limit=100, PostgreSQL (service pool {pool})", ["users-api", *PEERS]),
     ("tracing_health", "GET /health, traces off vs exported at 10 %", ["users-api", "users-api-traced"]),
     ("tracing_post", "POST /user (SQLite), traces off vs exported at 10 %", ["users-api", "users-api-traced"]),
 ]
@@ -171,12 +174,26 @@ TARGET_NAMES = {
 }
 
 
+def absent(res: dict[str, Any], key: str, name: str) -> str:
+    """Why a peer has no figure in a scenario: every peer shows on every scenario, measured or not."""
+    if name in res.get("peers_not_run", {}):
+        return f"not run: {res['peers_not_run'][name]}"
+    if key in PG_SCENARIOS and name in PEERS:
+        return "not run: the peer has no PostgreSQL store"
+    if key not in res["scenarios"]:
+        err = res.get("errors", {}).get(key)
+        return f"not run (scenario {'failed: ' + err[:80] if err else 'not selected'})"
+    return "not measured"
+
+
 def load_table(res: dict[str, Any]) -> str:
     sc = res["scenarios"]
     ceiling = g(sc, "health", "hello", "rps")
+    conns = res["settings"]["connections"]
     rows = ["| scenario | server | req/s (median) | range over runs | p50 ms | p99 ms | peak RSS MB | vs ceiling | failed |",
             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for key, title, names in LOAD_SCENARIOS:
+        title = title.format(pool=g(sc, key, "pool_size") or "?", conns=conns)
         if key not in sc:
             err = res.get("errors", {}).get(key)
             rows.append(f"| {title} | — | not run{': ' + err[:80] if err else ''} | | | | | | |")
@@ -186,6 +203,8 @@ def load_table(res: dict[str, Any]) -> str:
         for name in names:
             r = sc[key].get(name)
             if not r:
+                if name in PEERS:
+                    rows.append(f"| {title} | {TARGET_NAMES[name]} | {absent(res, key, name)} | | | | | | |")
                 continue
             rss = r.get("peak_rss_kb")
             procs = r.get("processes", 1)
@@ -214,6 +233,7 @@ def full_table(res: dict[str, Any]) -> str:
     for name in ("users-api", *PEERS):
         r = f.get(name)
         if not r:
+            rows.append(f"| {TARGET_NAMES[name]} | {absent(res, 'full', name)} | | | | | | | | |")
             continue
         c = r.get("concurrent")
         conc = (f"{c['ok']}/{c['clients']} in {c['wall_s']:.1f} s | {fmt_mb_kb(r['peak_rss_concurrent_kb'])} "
@@ -246,7 +266,71 @@ def cold_table(res: dict[str, Any]) -> str:
         r = c.get(key)
         if r:
             rows.append(f"| {label} | {r['median_ms']:.1f} | {r['min_ms']:.1f} | {r['max_ms']:.1f} | {len(r['runs'])} |")
+        elif key in PEERS:
+            rows.append(f"| {label} | {absent(res, 'cold', key)} | | | |")
     return "\n".join(rows) + "\n"
+
+
+# (scenario, label, figure, higher is better): the service must lead every peer on each.
+LEAD_SCENARIOS = [
+    ("health", "GET /health req/s", "rps", True),
+    ("list", "GET /users?limit=100 req/s", "rps", True),
+    ("post_sqlite", "POST /user (SQLite) req/s", "rps", True),
+    ("post_pg", "POST /user (PostgreSQL) req/s", "rps", True),
+    ("list_pg", "GET /users?limit=100 (PostgreSQL) req/s", "rps", True),
+    ("full", "full GET /users, seconds", "seconds", False),
+    ("cold", "cold start to /ready, ms", "median_ms", False),
+]
+
+
+@dataclass
+class Lead:
+    scenario: str
+    peer: str
+    service: float | None
+    other: float | None
+    higher_is_better: bool
+    why_absent: str
+
+    @property
+    def factor(self) -> float | None:
+        """How many times better the service is than the peer (> 1: it leads)."""
+        if self.service is None or self.other is None:
+            return None
+        return ratio(self.service, self.other) if self.higher_is_better else ratio(self.other, self.service)
+
+    @property
+    def leads(self) -> bool | None:
+        return None if self.factor is None else self.factor > 1.0
+
+
+def leads(res: dict[str, Any]) -> list[Lead]:
+    sc = res["scenarios"]
+    out = []
+    for key, label, figure, higher in LEAD_SCENARIOS:
+        for peer in PEERS:
+            other = g(sc, key, peer, figure)
+            service = g(sc, key, "users-api", figure)
+            why = absent(res, key, peer) if other is None else "users-api not measured" if service is None else ""
+            out.append(Lead(label, peer, service, other, higher, why))
+    return out
+
+
+def lead_table(ls: list[Lead]) -> str:
+    rows = ["| scenario | peer | users-api | peer | users-api's lead | status |", "|---|---|---:|---:|---:|---|"]
+    for x in ls:
+        if x.leads is None:
+            rows.append(f"| {x.scenario} | {TARGET_NAMES[x.peer]} | {fmt_figure(x.service)} | — | — | {x.why_absent} |")
+            continue
+        rows.append(f"| {x.scenario} | {TARGET_NAMES[x.peer]} | {fmt_figure(x.service)} | {fmt_figure(x.other)} | "
+                    f"{x.factor:.2f}× | {'**pass**' if x.leads else '**FAIL**'} |")
+    return "\n".join(rows) + "\n"
+
+
+def fmt_figure(v: float | None) -> str:
+    if v is None:
+        return "—"
+    return f"{v:,.0f}" if v >= 100 else f"{v:.2f}"
 
 
 def targets_table(ts: list[Target]) -> str:
@@ -293,6 +377,9 @@ def render(res: dict[str, Any], analysis: Path | None = None) -> str:
     m = res["machine"]
     met = sum(1 for x in ts if x.met)
     measured = sum(1 for x in ts if x.met is not None)
+    ls = leads(res)
+    led = sum(1 for x in ls if x.leads)
+    compared = sum(1 for x in ls if x.leads is not None)
     smoke = res["mode"] == "smoke"
     parts = [
         "# Benchmarks",
@@ -301,17 +388,25 @@ def render(res: dict[str, Any], analysis: Path | None = None) -> str:
          "the measurement.\n" if smoke else ""),
         f"Generated by `bench/run` on {res['started'][:10]} ({res['mode']} run, {res['elapsed_s']:.0f} s). "
         f"Every figure below comes from this one run on one machine; the service is always compared with "
-        f"its ceilings and its peer measured minutes apart on the same cores. **{met} of {measured} targets met.**",
+        f"its ceilings and its peers measured minutes apart on the same cores. **{met} of {measured} targets met; "
+        f"users-api leads in {led} of {compared} peer comparisons** ({len(ls) - compared} not run, listed below).",
         "",
         chart(ts),
         "## Targets",
         "",
         targets_table(ts),
+        "## Lead over every peer",
+        "",
+        "The service must beat every peer on every scenario: throughput for the load scenarios, time for the full "
+        "list and the cold start (the peer's figure over the service's). A comparison that could not be made says "
+        "why.",
+        "",
+        lead_table(ls),
         "## Throughput and latency at concurrency " + str(s["connections"]),
         "",
         f"`wrk -t{s['threads']} -c{s['connections']} -d{s['duration']}s`, {s['repeats']} interleaved run(s) per "
         f"server (median shown, range beside it); each server is a fresh process per scenario, so its peak RSS "
-        f"(VmHWM, summed over uvicorn's processes) belongs to that scenario. `failed` counts non-2xx answers, "
+        f"(VmHWM, summed over a server's processes: uvicorn's or Node's workers) belongs to that scenario. `failed` counts non-2xx answers, "
         f"socket errors and timeouts (pgbench: failed transactions). GET /users?limit=100 reads a table of "
         f"{s['list_rows']:,} users.",
         "",
@@ -345,8 +440,18 @@ def render(res: dict[str, Any], analysis: Path | None = None) -> str:
         "worker on the asyncio loop and h11 — no uvloop, no httptools — the shape of the service users-api replaces.",
         f"- **FastAPI peer** (`bench/peers/fastapi/`): the same contract on FastAPI + uvicorn[standard] (uvloop, "
         f"httptools) + sqlite3, WAL with `synchronous=FULL` like the service, run as production would run it: "
-        f"`uvicorn app:app --workers {s['peer_workers']}` (one worker per core), default access log on. It has no "
-        f"PostgreSQL store, so the PostgreSQL scenario compares with pgbench only.",
+        f"`uvicorn app:app --workers {s['peer_workers']}` (one worker per core), default access log on.",
+        f"- **Node.js peer** (`bench/peers/node/`): the same contract on Fastify 5 + better-sqlite3 12, written as a "
+        f"Node team ships it: JSON schemas for bodies and responses (ajv, fast-json-stringify), pino's request log "
+        f"on, prepared statements, WAL with `synchronous=FULL`. better-sqlite3 is synchronous (a commit's fsync holds "
+        f"the event loop), so it runs as Node teams run it on a small box: the cluster module with "
+        f"{s['peer_workers']} workers (one per core) sharing the port, `NODE_ENV=production`. Installed by `npm ci` "
+        f"from its lock file; when Node.js is absent it is not run and every table says so."
+        + (f" **Not run in this run: {res['peers_not_run']['fastify']}.**" if "fastify" in res.get("peers_not_run", {})
+           else ""),
+        "- Neither peer has a PostgreSQL store: the PostgreSQL scenarios compare the service with pgbench, and the "
+        "peers' rows there say so. The service's PostgreSQL pool is its default (`DATABASE_MAX_CONNECTIONS`), "
+        "stated in each PostgreSQL row.",
         "- **pgbench** runs the service's single-row `INSERT … RETURNING id, created_at` on the same table and unique "
         f"index (created by `users-api migrate` in its own fresh schema), `-M prepared -c {s['connections']} "
         f"-j {s['threads']}`, a unique email per transaction (`:client_id` and a 63-bit random). Schemas are "
@@ -366,9 +471,11 @@ def render(res: dict[str, Any], analysis: Path | None = None) -> str:
         + (" — other work was running on the machine during this run" if busy(res) else ""),
         (f"- Disk: 4 KiB write + fsync median {res['fsync']['median_ms']:.2f} ms, p99 {res['fsync']['p99_ms']:.2f} ms "
          f"({res['fsync']['samples']} samples)" if res.get("fsync") else "- Disk: not probed"),
-        f"- Tools: {m['rustc']}; {m['wrk']}; {m['pgbench']}; {m['python']}"
+        f"- Tools: {m['rustc']}; {m['wrk']}; {m['pgbench']}; {m['python']}; Node.js {m.get('node', '?')}"
         + (f"; PostgreSQL server {g(res['scenarios'], 'post_pg', 'server_version')}"
            if g(res["scenarios"], "post_pg", "server_version") else ""),
+        "- Time per scenario: " + (", ".join(f"{k} {v:.0f} s" for k, v in res.get("scenario_seconds", {}).items())
+                                   or "not recorded") + f"; {res['elapsed_s']:.0f} s in all (setup and build not counted)",
         f"- Settings: {s['duration']} s per load run, {s['repeats']} run(s) per server, {s['full_runs']} full "
         f"download(s), {s['cold_runs']} cold starts per server (`BENCH_DURATION`, `BENCH_REPEATS`, `BENCH_FULL_ROWS`, "
         "… in `bench/run --help`)",
@@ -394,6 +501,11 @@ def summary(res: dict[str, Any]) -> str:
         status = {True: "met   ", False: "MISSED", None: "n/a   "}[x.met]
         measured = "—" if x.met is None else x.fmt(x.measured)
         lines.append(f"  {status} {x.label}: {measured} (required {x.requirement}; {x.margin})")
+    lines.append("lead over the peers:")
+    for x in leads(res):
+        status = {True: "pass  ", False: "FAIL  ", None: "n/a   "}[x.leads]
+        detail = x.why_absent if x.leads is None else f"{x.factor:.2f}x"
+        lines.append(f"  {status} {x.scenario} vs {x.peer}: {detail}")
     for k, v in res.get("errors", {}).items():
         lines.append(f"  FAILED scenario {k}: {v}")
     return "\n".join(lines)
