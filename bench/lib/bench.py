@@ -38,6 +38,7 @@ BIN_DIR = Path(os.environ.get("BENCH_BIN_DIR") or ROOT / "target" / "release")
 SERVICE_BIN = BIN_DIR / "users-api"
 HELLO_BIN = BIN_DIR / "examples" / "hello"
 PG_POOL = 10  # the service's PostgreSQL pool in every PostgreSQL scenario: its default, set explicitly
+NODE_PG_POOL = 10  # the Node.js peer's pool per worker: node-postgres' default, set explicitly
 ALL_SCENARIOS = ("health", "list", "post_sqlite", "post_pg", "list_pg", "full", "cold", "tracing_health",
                  "tracing_post")
 
@@ -463,13 +464,19 @@ class Targets:
         return Server("fastapi-seed", argv, clean_env(DATABASE_PATH=str(db_path)), port, "/ready",
                       self.s.run_dir / f"{tag}-fastapi-seed.log", cwd=PEER_DIR)
 
-    def node_peer(self, tag: str, db_path: Path) -> Server:
-        """The Node.js peer: Fastify + better-sqlite3, one cluster worker per core."""
+    def node_peer(self, tag: str, db_path: Path | None = None, pg_url: str = "") -> Server:
+        """The Node.js peer, one cluster worker per core: Fastify + better-sqlite3 on db_path, or
+        node-postgres on pg_url (a pool of NODE_PG_POOL per worker)."""
         assert self.s.node is not None
         port = free_port()
         argv = [self.s.node, "app.js", "--workers", str(self.s.peer_workers)]
-        env = clean_env(DATABASE_PATH=str(db_path), HOST="127.0.0.1", PORT=str(port), NODE_ENV="production")
+        store = {"DATABASE_URL": pg_url, "PG_POOL_SIZE": str(NODE_PG_POOL)} if pg_url else {"DATABASE_PATH": str(db_path)}
+        env = clean_env(HOST="127.0.0.1", PORT=str(port), NODE_ENV="production", **store)
         return Server("fastify", argv, env, port, "/ready", self.s.run_dir / f"{tag}-fastify.log", cwd=NODE_PEER_DIR)
+
+    def pg_peers(self, tag: str, schema_url: str) -> dict[str, Server]:
+        """The peers with a PostgreSQL store (the Node.js peer; the FastAPI peers have none)."""
+        return {"fastify": self.node_peer(tag, pg_url=schema_url)} if self.s.node else {}
 
     def peers(self, tag: str, db: Path) -> dict[str, Server]:
         """Every peer that can run here, each on its own copy of db, so none sees another's writes."""
@@ -594,23 +601,28 @@ def scenario_post_sqlite(s: Settings, t: Targets) -> dict[str, Any]:
 def scenario_post_pg(s: Settings, t: Targets) -> dict[str, Any]:
     pg = PgTarget.parse(s.pg_url)
     stamp = f"{os.getpid()}_{int(time.time())}"
-    svc_schema, bench_schema = f"bench_svc_{stamp}", f"bench_pgb_{stamp}"
+    svc_schema, bench_schema, node_schema = f"bench_svc_{stamp}", f"bench_pgb_{stamp}", f"bench_node_{stamp}"
+    schemas = (svc_schema, bench_schema, node_schema)
     try:
-        for schema in (svc_schema, bench_schema):
+        for schema in schemas:
             pg.psql(f"CREATE SCHEMA {schema}")
             proc = subprocess.run([str(SERVICE_BIN), "migrate"], env=clean_env(DATABASE_URL=pg.schema_url(schema)),
                                   capture_output=True, text=True, timeout=120)
             if proc.returncode != 0:
                 raise RuntimeError(f"users-api migrate on PostgreSQL failed: {proc.stdout}{proc.stderr}")
-        res = load_scenario(s, "post_pg", {"users-api": t.service("post_pg", pg.schema_url(svc_schema))}, "",
+        peers = t.pg_peers("post_pg", pg.schema_url(node_schema))
+        res = load_scenario(s, "post_pg", {"users-api": t.service("post_pg", pg.schema_url(svc_schema)), **peers}, "",
                             script="post_user.lua", pgbench=(pg, bench_schema))
-        res["users-api"]["rows_after"] = int(pg.psql(f"SELECT count(*) FROM {svc_schema}.users"))
-        res["pgbench"]["rows_after"] = int(pg.psql(f"SELECT count(*) FROM {bench_schema}.users"))
+        for name, schema in (("users-api", svc_schema), ("pgbench", bench_schema), ("fastify", node_schema)):
+            if name in res:
+                res[name]["rows_after"] = int(pg.psql(f"SELECT count(*) FROM {schema}.users"))
+        for name in peers:
+            res[name]["pool"] = f"{s.peer_workers} workers × {NODE_PG_POOL}"
         res["server_version"] = pg.psql("SHOW server_version")
         res["pool_size"] = PG_POOL
         return res
     finally:
-        for schema in (svc_schema, bench_schema):
+        for schema in schemas:
             try:
                 pg.psql(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
             except RuntimeError as e:
@@ -638,8 +650,12 @@ def scenario_list_pg(s: Settings, t: Targets) -> dict[str, Any]:
         t0 = time.perf_counter()
         pg.psql(PG_SEED_SQL.format(schema=schema, rows=s.full_rows) + f"; ANALYZE {schema}.users")
         log(f"seeded {s.full_rows:,} users into PostgreSQL schema {schema} in {time.perf_counter() - t0:.1f}s")
-        res = load_scenario(s, "list_pg", {"users-api": t.service("list_pg", pg.schema_url(schema))},
+        # The peers read the same rows (nothing writes here).
+        peers = t.pg_peers("list_pg", pg.schema_url(schema))
+        res = load_scenario(s, "list_pg", {"users-api": t.service("list_pg", pg.schema_url(schema)), **peers},
                             "/users?limit=100")
+        for name in peers:
+            res[name]["pool"] = f"{s.peer_workers} workers × {NODE_PG_POOL}"
         server = t.service("full_pg", pg.schema_url(schema))
         try:
             server.start()
@@ -788,8 +804,9 @@ def scenario_cold(s: Settings, t: Targets) -> dict[str, Any]:
 
 def load_seconds(s: Settings) -> int:
     """Seconds of wrk/pgbench load the chosen scenarios take (1 s warm-up per server on top)."""
-    peers = 2 + (1 if s.node else 0)
-    servers = {"health": 2 + peers, "list": 2 + peers, "post_sqlite": 1 + peers, "post_pg": 2, "list_pg": 1,
+    node = 1 if s.node else 0
+    peers = 2 + node
+    servers = {"health": 2 + peers, "list": 2 + peers, "post_sqlite": 1 + peers, "post_pg": 2 + node, "list_pg": 1 + node,
                "tracing_health": 2, "tracing_post": 2}
     return sum(n * (s.repeats * s.duration + 1) for name, n in servers.items() if name in s.scenarios)
 

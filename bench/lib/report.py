@@ -168,7 +168,7 @@ TARGET_NAMES = {
     "hello": "hello (axum ceiling)",
     "fastapi": "FastAPI peer (tuned: a worker per core, uvloop)",
     "fastapi-seed": "FastAPI as the seed shipped (1 worker, asyncio, h11)",
-    "fastify": "Node.js peer (Fastify + better-sqlite3)",
+    "fastify": "Node.js peer (Fastify + better-sqlite3; pg on PostgreSQL)",
     "pgbench": "pgbench INSERT (PG ceiling)",
     "users-api-traced": "users-api, traces at 10 % (OTLP/HTTP to a local sink)",
 }
@@ -178,7 +178,7 @@ def absent(res: dict[str, Any], key: str, name: str) -> str:
     """Why a peer has no figure in a scenario: every peer shows on every scenario, measured or not."""
     if name in res.get("peers_not_run", {}):
         return f"not run: {res['peers_not_run'][name]}"
-    if key in PG_SCENARIOS and name in PEERS:
+    if key in PG_SCENARIOS and name in ("fastapi", "fastapi-seed"):
         return "not run: the peer has no PostgreSQL store"
     if key not in res["scenarios"]:
         err = res.get("errors", {}).get(key)
@@ -213,7 +213,8 @@ def load_table(res: dict[str, Any]) -> str:
                 rss_s = "n/a"
             vs = ratio(r["rps"], row_ceiling) if name != "pgbench" else None
             failed = r.get("non_2xx", 0) + r.get("socket_errors", 0)
-            rows.append(f"| {title} | {TARGET_NAMES[name]} | {fmt_rps(r['rps'])} | {fmt_rps(r['rps_min'])}–"
+            label = TARGET_NAMES[name] + (f", pool {r['pool']}" if r.get("pool") else "")
+            rows.append(f"| {title} | {label} | {fmt_rps(r['rps'])} | {fmt_rps(r['rps_min'])}–"
                         f"{fmt_rps(r['rps_max'])} | {fmt_ms(r['p50_ms'])} | {fmt_ms(r['p99_ms'])} | {rss_s} | "
                         f"{'—' if vs is None else f'{vs:.2f}×'} | {failed} |")
     return "\n".join(rows) + "\n"
@@ -449,9 +450,10 @@ def render(res: dict[str, Any], analysis: Path | None = None) -> str:
         f"from its lock file; when Node.js is absent it is not run and every table says so."
         + (f" **Not run in this run: {res['peers_not_run']['fastify']}.**" if "fastify" in res.get("peers_not_run", {})
            else ""),
-        "- Neither peer has a PostgreSQL store: the PostgreSQL scenarios compare the service with pgbench, and the "
-        "peers' rows there say so. The service's PostgreSQL pool is its default (`DATABASE_MAX_CONNECTIONS`), "
-        "stated in each PostgreSQL row.",
+        "- On PostgreSQL the Node.js peer uses node-postgres (`pg`) with named prepared statements and its default "
+        "pool of 10 connections per worker (so workers × 10 in all, stated in its rows); the FastAPI peers have no "
+        "PostgreSQL store, and their rows there say so. The service's pool is its default "
+        "(`DATABASE_MAX_CONNECTIONS=10`, set explicitly), stated in each PostgreSQL row.",
         "- **pgbench** runs the service's single-row `INSERT … RETURNING id, created_at` on the same table and unique "
         f"index (created by `users-api migrate` in its own fresh schema), `-M prepared -c {s['connections']} "
         f"-j {s['threads']}`, a unique email per transaction (`:client_id` and a 63-bit random). Schemas are "

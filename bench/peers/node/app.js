@@ -1,24 +1,29 @@
 'use strict';
-// The Node.js peer: the users contract (DESIGN.md section 1) on Fastify + better-sqlite3,
-// written as a Node team would ship it: JSON schemas for bodies and responses (Fastify
-// validates with ajv and serialises with fast-json-stringify), pino's request log on,
-// prepared statements, SQLite in WAL mode with durable commits (synchronous = FULL, like
-// the service), a unique index for case-insensitive email uniqueness, keyset paging and a
-// streamed full list.
+// The Node.js peer: the users contract (DESIGN.md section 1) on Fastify, with better-sqlite3
+// (SQLite) or node-postgres (PostgreSQL), written as a Node team would ship it: JSON schemas
+// for bodies and responses (Fastify validates with ajv and serialises with
+// fast-json-stringify), pino's request log on, prepared statements, durable commits (SQLite:
+// WAL with synchronous = FULL, like the service; PostgreSQL: its default), a unique index for
+// case-insensitive email uniqueness, keyset paging and a streamed full list.
 //
 // better-sqlite3 is synchronous: a query or a commit's fsync holds the process's event loop.
 // Node teams answer that with one process per core, so the primary forks WORKERS workers
-// (the cluster module; default: one per core) that share the port.
+// (the cluster module; default: one per core) that share the port. On PostgreSQL each worker
+// has its own pool of PG_POOL_SIZE connections (node-postgres' default, 10).
 //
 //   DATABASE_PATH=users.db PORT=8200 node app.js [--workers N]
+//   DATABASE_URL=postgres://user@host/db PORT=8200 node app.js [--workers N]
 
 const cluster = require('node:cluster');
 const os = require('node:os');
 const { Readable } = require('node:stream');
 const Database = require('better-sqlite3');
 const Fastify = require('fastify');
+const pg = require('pg');
 
 const DB_PATH = process.env.DATABASE_PATH || 'users.db';
+const PG_URL = /^postgres(ql)?:\/\//.test(process.env.DATABASE_URL ?? '') ? process.env.DATABASE_URL : null;
+const PG_POOL_SIZE = Number(process.env.PG_POOL_SIZE || 10);
 const HOST = process.env.HOST || '127.0.0.1';
 const PORT = Number(process.env.PORT || 8200);
 const MAX_BODY_BYTES = 64 * 1024;
@@ -27,13 +32,23 @@ const DEFAULT_PAGE_SIZE = 100;
 const STREAM_CHUNK_ROWS = 1000;
 const PROBLEM_JSON = 'application/problem+json';
 
-const SCHEMA = `
+const SQLITE_SCHEMA = `
 CREATE TABLE IF NOT EXISTS users (
     id         INTEGER PRIMARY KEY,
     name       TEXT    NOT NULL,
     email      TEXT    NOT NULL,
     email_key  TEXT    NOT NULL,
     created_at TEXT    NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS users_email_key ON users (email_key);
+`;
+const PG_SCHEMA = `
+CREATE TABLE IF NOT EXISTS users (
+    id         BIGINT      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    name       TEXT        NOT NULL,
+    email      TEXT        NOT NULL,
+    email_key  TEXT        NOT NULL,
+    created_at TIMESTAMPTZ NOT NULL DEFAULT now()
 );
 CREATE UNIQUE INDEX IF NOT EXISTS users_email_key ON users (email_key);
 `;
@@ -45,7 +60,7 @@ function workerCount() {
   return Number.isInteger(n) && n > 0 ? n : os.availableParallelism();
 }
 
-// --- storage -----------------------------------------------------------------------------------
+// --- storage: the same four operations on either store (SQLite's answer at once, PostgreSQL's as a promise)
 
 function openDatabase() {
   // timeout: how long a writer waits for the other workers' write lock (SQLITE_BUSY) before failing.
@@ -55,7 +70,7 @@ function openDatabase() {
   return db;
 }
 
-function storage(db) {
+function sqliteStorage(db) {
   const select = 'SELECT id, name, email, created_at FROM users';
   const insert = db.prepare('INSERT INTO users (name, email, email_key, created_at) VALUES (?, ?, ?, ?)');
   const byId = db.prepare(`${select} WHERE id = ?`);
@@ -75,17 +90,70 @@ function storage(db) {
     userById: (id) => byId.get(id),
     page: (after, limit) => page.all(after, limit),
     ping: () => ping.get(),
+    close: () => db.close(),
   };
+}
+
+pg.types.setTypeParser(pg.types.builtins.INT8, (v) => Number.parseInt(v, 10)); // ids fit in a double
+
+function postgresStorage() {
+  const pool = new pg.Pool({ connectionString: PG_URL, max: PG_POOL_SIZE });
+  pool.on('error', (err) => console.error('idle PostgreSQL connection failed:', err.message)); // the pool replaces it
+  const columns = 'id, name, email, created_at';
+  const user = (r) => ({ id: r.id, name: r.name, email: r.email, created_at: r.created_at.toISOString() });
+  return {
+    async insertUser(name, email) {
+      try {
+        const { rows } = await pool.query({
+          name: 'insert-user',
+          text: `INSERT INTO users (name, email, email_key) VALUES ($1, $2, $3) RETURNING ${columns}`,
+          values: [name, email, email.toLowerCase()],
+        });
+        return user(rows[0]);
+      } catch (err) {
+        if (err.code === '23505') return null; // unique_violation: the email is taken
+        throw err;
+      }
+    },
+    async userById(id) {
+      const { rows } = await pool.query({ name: 'user-by-id', text: `SELECT ${columns} FROM users WHERE id = $1`,
+        values: [id] });
+      return rows.length ? user(rows[0]) : undefined;
+    },
+    async page(after, limit) {
+      const { rows } = await pool.query({ name: 'page',
+        text: `SELECT ${columns} FROM users WHERE id > $1 ORDER BY id LIMIT $2`, values: [after, limit] });
+      return rows.map(user);
+    },
+    ping: () => pool.query('SELECT 1'),
+    close: () => pool.end(),
+  };
+}
+
+async function createSchema() {
+  if (PG_URL) {
+    const client = new pg.Client({ connectionString: PG_URL });
+    await client.connect();
+    try {
+      await client.query(PG_SCHEMA);
+    } finally {
+      await client.end();
+    }
+    return;
+  }
+  const db = openDatabase();
+  db.exec(SQLITE_SCHEMA);
+  db.close();
 }
 
 // The whole table as one JSON array, read in keyset chunks so that no statement stays open
 // while a slow client reads (better-sqlite3 allows one running statement per connection).
-function* fullList(store) {
+async function* fullList(store) {
   yield '[';
   let after = 0;
   let first = true;
   for (;;) {
-    const rows = store.page(after, STREAM_CHUNK_ROWS);
+    const rows = await store.page(after, STREAM_CHUNK_ROWS);
     if (rows.length === 0) break;
     const body = rows.map((r) => JSON.stringify(r)).join(',');
     yield first ? body : `,${body}`;
@@ -194,6 +262,9 @@ function buildApp(store) {
         return problem(reply, 400, 'malformed_json', 'Malformed JSON', 'the request body is empty');
       case 'SQLITE_BUSY':
       case 'SQLITE_IOERR':
+      case 'ECONNREFUSED':
+      case '57P01': // admin_shutdown
+      case '57P03': // cannot_connect_now
         return unavailable(reply);
       default:
         break;
@@ -209,7 +280,7 @@ function buildApp(store) {
 
   app.get('/ready', { schema: { response: { 200: statusSchema } } }, async (_req, reply) => {
     try {
-      store.ping();
+      await store.ping();
     } catch {
       return unavailable(reply);
     }
@@ -231,7 +302,7 @@ function buildApp(store) {
       if (!/^\d{1,18}$/.test(after)) return invalidQuery(reply, 'after', 'must be a non-negative integer (a user id)');
       start = Number(after);
     }
-    const users = store.page(start, n + 1);
+    const users = await store.page(start, n + 1);
     if (users.length > n) {
       users.length = n;
       reply.header('link', `</users?limit=${n}&after=${users[n - 1].id}>; rel="next"`);
@@ -241,7 +312,7 @@ function buildApp(store) {
 
   app.get('/users/:id', { schema: { response: { 200: userSchema } } }, async (req, reply) => {
     const { id } = req.params;
-    const user = /^\d{1,18}$/.test(id) && Number(id) > 0 ? store.userById(Number(id)) : undefined;
+    const user = /^\d{1,18}$/.test(id) && Number(id) > 0 ? await store.userById(Number(id)) : undefined;
     if (!user) return problem(reply, 404, 'not_found', 'Not found', 'no user with this id');
     return user;
   });
@@ -273,7 +344,7 @@ function buildApp(store) {
     if (errors.length) {
       return problem(reply, 400, 'invalid_field', 'Invalid request body', 'one or more fields are invalid', errors);
     }
-    const user = store.insertUser(name, email);
+    const user = await store.insertUser(name, email);
     if (!user) {
       return problem(reply, 400, 'email_taken', 'Email already registered', 'a user with this email already exists');
     }
@@ -288,11 +359,11 @@ function buildApp(store) {
 // --- processes ---------------------------------------------------------------------------------
 
 async function serve() {
-  const db = openDatabase();
-  const app = buildApp(storage(db));
+  const store = PG_URL ? postgresStorage() : sqliteStorage(openDatabase());
+  const app = buildApp(store);
   const stop = async () => {
     await app.close(); // finishes the requests in flight
-    db.close();
+    await store.close();
     process.exit(0);
   };
   process.once('SIGTERM', stop);
@@ -300,11 +371,8 @@ async function serve() {
   await app.listen({ host: HOST, port: PORT });
 }
 
-if (cluster.isPrimary) {
-  // The schema is made once, before any worker opens the file.
-  const db = openDatabase();
-  db.exec(SCHEMA);
-  db.close();
+async function supervise() {
+  await createSchema(); // once, before any worker opens the database
   const workers = workerCount();
   let stopping = false;
   for (let i = 0; i < workers; i += 1) cluster.fork();
@@ -319,9 +387,9 @@ if (cluster.isPrimary) {
   };
   process.once('SIGTERM', stopAll);
   process.once('SIGINT', stopAll);
-} else {
-  serve().catch((err) => {
-    console.error(err);
-    process.exit(1);
-  });
 }
+
+(cluster.isPrimary ? supervise() : serve()).catch((err) => {
+  console.error(err);
+  process.exit(1);
+});
