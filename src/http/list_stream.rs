@@ -95,7 +95,7 @@ async fn produce(
                     buf.push(b',');
                 }
                 wrote_one = true;
-                serde_json::to_writer(&mut buf, &UserJson::of(user)).expect("users serialise");
+                UserJson::of(user).write_to(&mut buf);
             }
             if !send(Ok(Bytes::from(buf))).await {
                 return;

@@ -1,57 +1,49 @@
 //! A user as the API writes it: `{"id", "name", "email", "created_at"}`, the timestamp in
 //! RFC 3339, UTC, microseconds. The one place the wire format of a user is decided.
 
-use std::fmt;
-
-use serde::ser::{Serialize, SerializeStruct, Serializer};
-use time::{OffsetDateTime, UtcOffset};
+use time::UtcOffset;
+use time::format_description::BorrowedFormatItem;
+use time::macros::format_description;
 
 use crate::domain::UserRef;
 
-/// Serialises a borrowed user (a `&User` or a row read in place) without copying its strings.
+/// RFC 3339 in UTC with exactly six fractional digits.
+const CREATED_AT: &[BorrowedFormatItem<'_>] =
+    format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z");
+
+/// A borrowed user (a `&User` or a row read in place), written without copying its strings.
 pub struct UserJson<'a>(pub UserRef<'a>);
 
 impl<'a> UserJson<'a> {
     pub fn of(user: impl Into<UserRef<'a>>) -> Self {
         Self(user.into())
     }
-}
 
-impl Serialize for UserJson<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+    /// Appends the user's JSON object to `out`. The keys and the timestamp need no escaping and
+    /// are written as they are; the name and email are escaped by serde_json. (Through serde's
+    /// `Serialize`, every key and each piece of the timestamp went through the escaper: a fifth
+    /// of a page's instructions.)
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        const VEC_WRITE: &str = "writing into a Vec cannot fail";
         let user = &self.0;
-        let mut fields = serializer.serialize_struct("User", 4)?;
-        fields.serialize_field("id", &user.id)?;
-        fields.serialize_field("name", &user.name)?;
-        fields.serialize_field("email", &user.email)?;
-        fields.serialize_field("created_at", &Rfc3339Micros(user.created_at))?;
-        fields.end()
+        out.extend_from_slice(b"{\"id\":");
+        serde_json::to_writer(&mut *out, &user.id).expect(VEC_WRITE);
+        out.extend_from_slice(b",\"name\":");
+        serde_json::to_writer(&mut *out, user.name).expect(VEC_WRITE);
+        out.extend_from_slice(b",\"email\":");
+        serde_json::to_writer(&mut *out, user.email).expect(VEC_WRITE);
+        out.extend_from_slice(b",\"created_at\":\"");
+        user.created_at
+            .to_offset(UtcOffset::UTC)
+            .format_into(out, CREATED_AT)
+            .expect("a stored timestamp (years 1-9999) has an RFC 3339 form");
+        out.extend_from_slice(b"\"}");
     }
-}
 
-/// Written straight into the serialiser's output, no `String` per timestamp.
-struct Rfc3339Micros(OffsetDateTime);
-
-impl fmt::Display for Rfc3339Micros {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let t = self.0.to_offset(UtcOffset::UTC);
-        write!(
-            f,
-            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
-            t.year(),
-            u8::from(t.month()),
-            t.day(),
-            t.hour(),
-            t.minute(),
-            t.second(),
-            t.microsecond()
-        )
-    }
-}
-
-impl Serialize for Rfc3339Micros {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(128);
+        self.write_to(&mut out);
+        out
     }
 }
 
@@ -68,10 +60,23 @@ mod tests {
             email: "n.rossi@example.it".into(),
             created_at: time::macros::datetime!(2026-01-02 04:04:05.123456789 +01:00),
         };
-        let json = serde_json::to_string(&UserJson::of(&user)).unwrap();
+        let json = String::from_utf8(UserJson::of(&user).to_vec()).unwrap();
         assert_eq!(
             json,
             r#"{"id":7,"name":"Niccolò Rossi","email":"n.rossi@example.it","created_at":"2026-01-02T03:04:05.123456Z"}"#
         );
+    }
+
+    #[test]
+    fn strings_are_escaped_and_a_whole_second_keeps_six_digits() {
+        let user = User {
+            id: 1,
+            name: "Ada \"Q\" \\ L".into(),
+            email: "a@b.c".into(),
+            created_at: time::macros::datetime!(2026-01-02 03:04:05 UTC),
+        };
+        let json: serde_json::Value = serde_json::from_slice(&UserJson::of(&user).to_vec()).unwrap();
+        assert_eq!(json["name"], "Ada \"Q\" \\ L");
+        assert_eq!(json["created_at"], "2026-01-02T03:04:05.000000Z");
     }
 }

@@ -74,7 +74,8 @@ pub(super) async fn create_user(
     let Some(key) = key else {
         let user = state.store.create(new_user).await?;
         let location = HeaderValue::from_str(&format!("/users/{}", user.id)).expect("an id is a valid header");
-        return Ok((StatusCode::CREATED, [(header::LOCATION, location)], json(&UserJson::of(&user))).into_response());
+        return Ok((StatusCode::CREATED, [(header::LOCATION, location)], json_body(UserJson::of(&user).to_vec()))
+            .into_response());
     };
     let keyed = KeyedCreate {
         subject: key.subject,
@@ -105,7 +106,7 @@ pub(super) async fn create_user(
 
 /// The body of a 201, as stored with an idempotency key (the same bytes the unkeyed path sends).
 fn created_body(user: &User) -> Vec<u8> {
-    serde_json::to_vec(&UserJson::of(user)).expect("users serialise")
+    UserJson::of(user).to_vec()
 }
 
 #[utoipa::path(
@@ -135,7 +136,7 @@ pub(super) async fn get_user(
         .filter(|id| *id > 0)
         .ok_or(ApiError::NotFound(MISSING))?;
     match state.store.get(id).await? {
-        Some(user) => Ok(json(&UserJson::of(&user))),
+        Some(user) => Ok(json_body(UserJson::of(&user).to_vec())),
         None => Err(ApiError::NotFound(MISSING)),
     }
 }
@@ -204,7 +205,7 @@ pub(super) async fn list_users(
             if written > 0 {
                 body.push(b',');
             }
-            serde_json::to_writer(&mut body, &UserJson(user)).expect("users serialise");
+            UserJson(user).write_to(&mut body);
             written += 1;
             last_id = user.id;
         })
@@ -220,10 +221,6 @@ pub(super) async fn list_users(
 
 /// About the length of one user in JSON: a page's body is allocated once.
 const USER_JSON_BYTES: usize = 112;
-
-fn json<T: serde::Serialize>(value: &T) -> Response {
-    json_body(serde_json::to_vec(value).expect("users serialise"))
-}
 
 fn json_body(body: Vec<u8>) -> Response {
     ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()
