@@ -103,6 +103,11 @@ pub fn email_key(stored: &str) -> String {
 /// NFKC casefold as Unicode defines compatibility caseless matching (D146):
 /// NFKD(fold(NFKD(fold(NFD(s))))), recomposed. "Kay" with a Kelvin sign, "ＫＡＹ" and "kay" agree.
 fn local_key(local: &str) -> String {
+    // ASCII (nearly every address): decomposition leaves it as it is and case folding is
+    // lowercasing. The general path below cost a quarter of a whole POST /user.
+    if local.is_ascii() {
+        return local.to_ascii_lowercase();
+    }
     let fold = |s: String| CaseMapper::new().fold_string(&s).into_owned();
     let once: String = fold(local.nfd().collect()).nfkd().collect();
     fold(once).nfkd().nfc().collect()
@@ -119,7 +124,8 @@ fn validate_local(local: &str) -> Result<(), EmailError> {
     if let Some(c) = local.chars().find(|c| super::is_invisible(*c)) {
         return Err(EmailError::InvisibleInLocal(c));
     }
-    if !local.is_single_script() {
+    // ASCII is Latin and Common only: one script, without the per-character lookup.
+    if !local.is_ascii() && !local.is_single_script() {
         return Err(EmailError::MixedScriptLocal);
     }
     Ok(())
@@ -321,6 +327,14 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn the_ascii_shortcuts_agree_with_the_general_rules(local in "[\\x21-\\x7e]{1,64}") {
+            let fold = |s: String| CaseMapper::new().fold_string(&s).into_owned();
+            let general: String = fold(fold(local.nfd().collect()).nfkd().collect()).nfkd().nfc().collect();
+            prop_assert_eq!(local_key(&local), general);
+            prop_assert!(local.is_single_script());
+        }
+
         #[test]
         fn a_parsed_email_is_stable_and_well_formed(raw in "\\PC{0,300}") {
             if let Ok(email) = Email::parse(&raw) {
