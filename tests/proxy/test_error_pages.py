@@ -27,6 +27,8 @@ def error_pages(conf: str) -> dict[int, tuple[int, str]]:
     for line in re.findall(r"^\s*error_page\s+([^;]+);", conf, re.M):
         words = line.split()
         uri = words[-1]
+        if uri.startswith("@"):
+            continue  # a hand-over to a named location (418 -> @keyed_write), not an error page
         sent = int(words[-2][1:]) if words[-2].startswith("=") else None
         for code in words[:-2] if sent else words[:-1]:
             pages[int(code)] = (sent or int(code), uri)

@@ -1,13 +1,16 @@
 """Restarting API instances behind the project's nginx costs no request:
 a refused connect goes to the next instance, a reused keep-alive connection
-found closed is retried on a fresh one, and a POST is never sent twice."""
+found closed is retried on a fresh one, and a POST is never sent twice unless
+it carries an Idempotency-Key (then the API answers a repeat from its store)."""
 
 from __future__ import annotations
 
 import threading
 import time
 
-from conftest import new_user, request, start_api, start_nginx
+import uuid
+
+from conftest import CannedUpstream, assert_problem, new_user, request, start_api, start_nginx
 
 
 def restart_in_place(workdir, api, name: str):
@@ -90,3 +93,34 @@ def test_a_restarted_instance_behind_reused_connections_costs_no_request(workdir
     finally:
         ngx.stop()
         api.stop()
+
+
+def test_a_keyed_post_cut_off_by_one_instance_is_sent_to_the_next_and_an_unkeyed_one_is_not(workdir):
+    # The stand-in reads each request and hangs up unanswered: a POST that reached an API and was lost.
+    hangup = CannedUpstream(reply=b"")
+    api = start_api(workdir, name="keyed-retry")
+    ngx = start_nginx(workdir, f"127.0.0.1:{hangup.port} 127.0.0.1:{api.port}", name="nginx-keyed-retry")
+    try:
+        keyed, unkeyed = [], []
+        for n in range(4):  # round robin: some of each start on the stand-in
+            body = new_user("keyed")
+            resp = request(ngx.port, "POST", "/user", body=body, headers={"Idempotency-Key": f'"{uuid.uuid4()}"'})
+            keyed.append((body["email"], resp))
+            unkeyed.append(request(ngx.port, "POST", "/user", body=new_user("unkeyed")))
+        assert all(r.status == 201 for _, r in keyed), [(r.status, r.body[:200]) for _, r in keyed]
+        assert len(hangup.requests) >= 4, "requests reached the stand-in first, so the retry was exercised"
+        keyed_requests = [raw for raw in hangup.requests if b"idempotency-key" in raw.lower()]
+        assert keyed_requests, "a keyed POST was cut off by the stand-in"
+        cut = [r for r in unkeyed if r.status != 201]
+        assert cut, "an unkeyed POST met the stand-in"
+        for r in cut:
+            assert assert_problem(r, 502)["code"] == "outcome_unknown"  # never sent again
+        listed = {u["email"] for u in request(ngx.port, "GET", "/users", source="127.0.2.30").json()}
+        assert {email for email, _ in keyed} <= listed, "every keyed POST created its user once"
+        entries = ngx.access_log()
+        retried = [e for e in entries if e["method"] == "POST" and "," in e["upstream_addr"]]
+        assert retried and all(e["status"] == 201 for e in retried), retried
+    finally:
+        ngx.stop()
+        api.stop()
+        hangup.close()
