@@ -143,17 +143,12 @@ pub struct PgCluster {
 impl PgCluster {
     pub fn init() -> Self {
         let cluster = Self::empty();
-        let out = cluster
-            .pg_command("initdb")
-            .args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync", "-D"])
-            .arg(&cluster.data)
-            .output()
-            .expect("running initdb");
-        assert!(
-            out.status.success(),
-            "initdb failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+        run_checked(
+            cluster
+                .pg_command("initdb")
+                .args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync", "-D"])
+                .arg(&cluster.data),
+            "initdb",
         );
         cluster.start();
         cluster
@@ -164,18 +159,13 @@ impl PgCluster {
     /// `wait_streaming` before relying on it.
     pub fn replica_of(primary: &PgCluster) -> Self {
         let replica = Self::empty();
-        let out = replica
-            .pg_command("pg_basebackup")
-            .args(["-h", "127.0.0.1", "-p", &primary.port.to_string(), "-U", "postgres"])
-            .args(["-X", "stream", "-R", "--no-sync", "-D"])
-            .arg(&replica.data)
-            .output()
-            .expect("running pg_basebackup");
-        assert!(
-            out.status.success(),
-            "pg_basebackup failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+        run_checked(
+            replica
+                .pg_command("pg_basebackup")
+                .args(["-h", "127.0.0.1", "-p", &primary.port.to_string(), "-U", "postgres"])
+                .args(["-X", "stream", "-R", "--no-sync", "-D"])
+                .arg(&replica.data),
+            "pg_basebackup",
         );
         replica.start();
         replica
@@ -238,38 +228,27 @@ impl PgCluster {
             self.port,
             self.dir.path().display()
         );
+        let log = self.dir.path().join("server.log");
         let out = self
             .pg_command("pg_ctl")
             .arg("-D")
             .arg(&self.data)
             .arg("-l")
-            .arg(self.dir.path().join("server.log"))
+            .arg(&log)
             .args(["-w", "-t", "60", "-o", &options, "start"])
             .output()
             .expect("running pg_ctl start");
-        assert!(
-            out.status.success(),
-            "pg_ctl start failed: {}{}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr),
-            std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
-        );
+        if !out.status.success() {
+            // The server's own log says why it did not start.
+            fail_with_output("pg_ctl start", &out, &std::fs::read_to_string(&log).unwrap_or_default());
+        }
     }
 
     /// Stops the cluster the hard way (`-m immediate`: backends die, no checkpoint).
     pub fn stop_immediate(&self) {
-        let out = self
-            .pg_command("pg_ctl")
-            .arg("-D")
-            .arg(&self.data)
-            .args(["-w", "-t", "60", "-m", "immediate", "stop"])
-            .output()
-            .expect("running pg_ctl stop");
-        assert!(
-            out.status.success(),
-            "pg_ctl stop failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+        run_checked(
+            self.pg_command("pg_ctl").arg("-D").arg(&self.data).args(["-w", "-t", "60", "-m", "immediate", "stop"]),
+            "pg_ctl stop",
         );
     }
 
@@ -354,4 +333,16 @@ fn pg_bindir() -> PathBuf {
         .pop()
         .map(|(_, bin)| bin)
         .expect("no PostgreSQL server binaries (initdb) under /usr/lib/postgresql/*/bin; set PG_BINDIR")
+}
+
+/// Runs a PostgreSQL tool to completion; panics with its output when it fails.
+fn run_checked(command: &mut Command, what: &str) {
+    let out = command.output().unwrap_or_else(|e| panic!("running {what}: {e}"));
+    if !out.status.success() {
+        fail_with_output(what, &out, "");
+    }
+}
+
+fn fail_with_output(what: &str, out: &std::process::Output, context: &str) -> ! {
+    panic!("{what} failed: {}{}\n{context}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }
