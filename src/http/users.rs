@@ -74,8 +74,9 @@ pub(super) async fn create_user(
     let Some(key) = key else {
         let user = state.store.create(new_user).await?;
         let location = HeaderValue::from_str(&format!("/users/{}", user.id)).expect("an id is a valid header");
-        return Ok((StatusCode::CREATED, [(header::LOCATION, location)], json_body(UserJson::of(&user).to_vec()))
-            .into_response());
+        return Ok(
+            (StatusCode::CREATED, [(header::LOCATION, location)], json_body(created_body(&user))).into_response()
+        );
     };
     let keyed = KeyedCreate {
         subject: key.subject,
