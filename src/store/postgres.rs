@@ -93,36 +93,37 @@ impl PostgresStore {
     /// From the replica when it is usable; a miss there (a user created moments ago, not yet
     /// replayed) or a failure is asked again of the primary: a 201's user is never a 404.
     pub async fn get(&self, id: i64) -> Result<Option<User>, StoreError> {
-        if let Some(replica) = self.usable_replica() {
-            match select_user(replica.pool(), replica.timeout(), id).await {
-                Ok(Some(user)) => {
-                    replica.served(ReadPool::Replica);
-                    return Ok(Some(user));
-                }
-                Ok(None) => {}
-                Err(e) => replica.failed(&e),
-            }
-        }
-        let user = select_user(&self.pool, self.timeout, id).await;
-        self.count_primary_read();
-        user
+        let query = |pool: Pool, timeout| async move { select_user(&pool, timeout, id).await };
+        self.read(query, Option::is_some).await
     }
 
     /// From the replica when it is usable (a page may lag the primary by up to the lag bound),
     /// else, or when the replica fails, from the primary.
     pub async fn page(&self, after: i64, limit: u32) -> Result<Vec<User>, StoreError> {
+        let query = |pool: Pool, timeout| async move { select_page(&pool, timeout, after, limit).await };
+        self.read(query, |_| true).await
+    }
+
+    /// Runs `query` on the replica when it is usable and takes its answer when `answered` holds;
+    /// otherwise (a miss, a failure, no usable replica) runs it on the primary.
+    async fn read<T, F, Q>(&self, query: Q, answered: impl Fn(&T) -> bool) -> Result<T, StoreError>
+    where
+        Q: Fn(Pool, Duration) -> F,
+        F: Future<Output = Result<T, StoreError>>,
+    {
         if let Some(replica) = self.usable_replica() {
-            match select_page(replica.pool(), replica.timeout(), after, limit).await {
-                Ok(users) => {
+            match query(replica.pool().clone(), replica.timeout()).await {
+                Ok(value) if answered(&value) => {
                     replica.served(ReadPool::Replica);
-                    return Ok(users);
+                    return Ok(value);
                 }
+                Ok(_) => {}
                 Err(e) => replica.failed(&e),
             }
         }
-        let users = select_page(&self.pool, self.timeout, after, limit).await;
+        let value = query(self.pool.clone(), self.timeout).await;
         self.count_primary_read();
-        users
+        value
     }
 
     pub fn pool_status(&self) -> deadpool_postgres::Status {
