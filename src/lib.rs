@@ -10,6 +10,8 @@ pub mod domain;
 pub mod healthcheck;
 /// Routes, extraction, errors and middleware.
 pub mod http;
+/// JSON strings and timestamps written without serde, for the hot paths.
+pub mod json_text;
 /// Building and running the HTTP service, graceful shutdown.
 pub mod server;
 /// Storage back ends: SQLite (group-committing writer) and PostgreSQL.

@@ -107,14 +107,22 @@ fn named<'a>(spans: &'a [Received], name: &str) -> Vec<&'a Span> {
     spans.iter().map(|r| &r.span).filter(|s| s.name == name).collect()
 }
 
-/// The access log line of the request with `request_id`.
+/// The access log line of the request with `request_id`. Access lines are handed to the log
+/// writer in batches (every 50 ms), so the line may come a moment after the answer.
 fn access_line(server: &Server, request_id: &str) -> serde_json::Value {
-    server
-        .logs()
-        .lines()
-        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-        .find(|line| line["target"] == "users_api::access" && line["request_id"] == request_id)
-        .unwrap_or_else(|| panic!("no access log line for {request_id}; log:\n{}", server.logs()))
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let found = server
+            .logs()
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .find(|line| line["target"] == "users_api::access" && line["request_id"] == request_id);
+        match found {
+            Some(line) => return line,
+            None if std::time::Instant::now() < deadline => std::thread::sleep(std::time::Duration::from_millis(20)),
+            None => panic!("no access log line for {request_id}; log:\n{}", server.logs()),
+        }
+    }
 }
 
 fn exporter_threads(server: &Server) -> usize {

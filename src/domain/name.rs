@@ -41,30 +41,7 @@ impl UserName {
         if !(MIN_CHARS..=MAX_CHARS).contains(&length) {
             return Err(UserNameError::Length);
         }
-        let mut previous: Option<char> = None;
-        let mut letters = 0;
-        for c in collapsed.chars() {
-            // Checked first: the Hangul filler is a letter to `is_alphabetic`, but shows nothing.
-            if super::is_invisible(c) {
-                return Err(UserNameError::InvisibleCharacter(c));
-            }
-            if is_combining_mark(c) {
-                // A mark must sit on a letter (or on another mark of that letter).
-                match previous {
-                    None => return Err(UserNameError::StartsWithMark),
-                    Some(' ') => return Err(UserNameError::ForbiddenCharacter(c)),
-                    Some(_) => {}
-                }
-            } else if is_letter(c) {
-                letters += 1;
-            } else if c != ' ' {
-                return Err(UserNameError::ForbiddenCharacter(c));
-            }
-            previous = Some(c);
-        }
-        if most_marks_on_one_letter(&collapsed) > MAX_MARKS_PER_LETTER {
-            return Err(UserNameError::TooManyMarks);
-        }
+        let letters = if collapsed.is_ascii() { ascii_letters(&collapsed)? } else { unicode_letters(&collapsed)? };
         if letters < MIN_LETTERS {
             return Err(UserNameError::TooFewLetters);
         }
@@ -74,6 +51,43 @@ impl UserName {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// The letters of an ASCII name, which has no invisible characters and no marks: every character
+/// is a letter (A–Z, a–z) or a space (a test holds these facts to the general rules).
+fn ascii_letters(name: &str) -> Result<usize, UserNameError> {
+    if let Some(c) = name.chars().find(|&c| c != ' ' && !c.is_ascii_alphabetic()) {
+        return Err(UserNameError::ForbiddenCharacter(c));
+    }
+    Ok(name.bytes().filter(u8::is_ascii_alphabetic).count())
+}
+
+fn unicode_letters(name: &str) -> Result<usize, UserNameError> {
+    let mut previous: Option<char> = None;
+    let mut letters = 0;
+    for c in name.chars() {
+        // Checked first: the Hangul filler is a letter to `is_alphabetic`, but shows nothing.
+        if super::is_invisible(c) {
+            return Err(UserNameError::InvisibleCharacter(c));
+        }
+        if is_combining_mark(c) {
+            // A mark must sit on a letter (or on another mark of that letter).
+            match previous {
+                None => return Err(UserNameError::StartsWithMark),
+                Some(' ') => return Err(UserNameError::ForbiddenCharacter(c)),
+                Some(_) => {}
+            }
+        } else if is_letter(c) {
+            letters += 1;
+        } else if c != ' ' {
+            return Err(UserNameError::ForbiddenCharacter(c));
+        }
+        previous = Some(c);
+    }
+    if most_marks_on_one_letter(name) > MAX_MARKS_PER_LETTER {
+        return Err(UserNameError::TooManyMarks);
+    }
+    Ok(letters)
 }
 
 /// Letters in the Unicode sense, excluding letter-like numerals (Ⅻ) and the marks that Unicode
@@ -125,6 +139,14 @@ impl fmt::Display for UserName {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn ascii_has_no_invisible_characters_nor_marks_and_its_letters_are_a_to_z() {
+        for c in (0u8..=127).map(char::from) {
+            assert!(!crate::domain::is_invisible(c) && !is_combining_mark(c), "{c:?}");
+            assert_eq!(is_letter(c), c.is_ascii_alphabetic(), "{c:?}");
+        }
+    }
 
     #[test]
     fn accepts_accented_and_non_latin_names() {

@@ -3,10 +3,12 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use axum::Router;
 use axum::extract::State;
+use axum::http::header::CONTENT_TYPE;
+use axum::http::{HeaderName, HeaderValue};
+use axum::response::IntoResponse;
 use axum::routing::get;
-use axum::{Json, Router};
-use serde_json::{Value, json};
 
 use super::AppState;
 use super::error::ApiError;
@@ -17,9 +19,14 @@ pub fn router() -> Router<Arc<AppState>> {
 
 /// Liveness: the process serves HTTP. No database call.
 #[utoipa::path(get, path = "/health", tag = "probes", responses((status = 200, description = "Alive", body = super::openapi::Status)))]
-pub(super) async fn health() -> Json<Value> {
-    Json(json!({"status": "ok"}))
+pub(super) async fn health() -> impl IntoResponse {
+    OK
 }
+
+/// The probes' one answer, as static bytes: built as a JSON value it cost ~2,000 instructions
+/// on every probe.
+const OK: ([(HeaderName, HeaderValue); 1], &str) =
+    ([(CONTENT_TYPE, HeaderValue::from_static("application/json"))], r#"{"status":"ok"}"#);
 
 /// Readiness: the instance is not draining and can serve reads: the database answers, or, with a
 /// read replica, the replica is usable (a primary outage then leaves reads working and writes 503).
@@ -27,10 +34,10 @@ pub(super) async fn health() -> Json<Value> {
     (status = 200, description = "Ready", body = super::openapi::Status),
     (status = 503, description = "Database (and read replica) unavailable, or draining", body = super::openapi::Problem, content_type = "application/problem+json"),
 ))]
-pub(super) async fn ready(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
+pub(super) async fn ready(State(state): State<Arc<AppState>>) -> Result<impl IntoResponse, ApiError> {
     if state.draining.load(Ordering::Relaxed) {
         return Err(ApiError::Unavailable { retry_after_secs: 5 });
     }
     state.store.ready().await?;
-    Ok(Json(json!({"status": "ok"})))
+    Ok(OK)
 }

@@ -118,16 +118,15 @@ where
     if status >= 500 {
         span.record("otel.status_code", "ERROR");
     }
-    tracing::info!(
-        target: "users_api::access",
-        request_id = id.as_str(),
-        method = method.as_str(),
+    let trace_id = telemetry::trace_id(&span);
+    telemetry::log_access(&telemetry::AccessEntry {
+        request_id: id.as_str(),
+        method: method.as_str(),
         route,
         status,
-        latency_ms = latency.as_secs_f64() * 1000.0,
-        trace_id = telemetry::trace_id(&span).map(tracing::field::display),
-        "request"
-    );
+        latency_ms: latency.as_secs_f64() * 1000.0,
+        trace_id: trace_id.as_ref().map(|t| t as &dyn std::fmt::Display),
+    });
     response
 }
 

@@ -3,16 +3,17 @@
 //! re-validates and escapes every fragment through an adaptor (~17,000 instructions a line,
 //! a third of a whole `GET /health` under callgrind; this one needs a fraction of it).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::fmt;
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
-use time::format_description::well_known::Rfc3339;
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
+
+use crate::json_text::{self, SecondText, push_display, push_str};
 
 pub struct JsonLines;
 
@@ -21,6 +22,8 @@ const MAX_KEPT_LINE: usize = 16 * 1024;
 thread_local! {
     /// The line being written: one buffer per thread, reused, so a line allocates nothing.
     static LINE: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    /// The last second this thread formatted: a date is worked out once a second, not per line.
+    static SECOND: Cell<(u64, SecondText)> = const { Cell::new((u64::MAX, [0; 19])) };
 }
 
 impl<S, N> FormatEvent<S, N> for JsonLines
@@ -33,9 +36,8 @@ where
             // Taken rather than borrowed: an event logged while formatting would get its own.
             let mut line = JsonObject(kept.take());
             line.0.clear();
-            let written = line
-                .write_event(event)
-                .and_then(|()| writer.write_str(std::str::from_utf8(&line.0).map_err(|_| fmt::Error)?));
+            line.write_event(event);
+            let written = writer.write_str(std::str::from_utf8(&line.0).map_err(|_| fmt::Error)?);
             // A rare long line (an error's chain) is not kept for the thread's lifetime.
             if line.0.capacity() <= MAX_KEPT_LINE {
                 kept.replace(line.0);
@@ -45,63 +47,117 @@ where
     }
 }
 
-impl JsonObject {
-    fn write_event(&mut self, event: &Event<'_>) -> fmt::Result {
-        self.0.extend_from_slice(b"{\"timestamp\":\"");
-        time::OffsetDateTime::now_utc().format_into(&mut self.0, &Rfc3339).map_err(|_| fmt::Error)?;
-        self.0.push(b'"');
-        let metadata = event.metadata();
-        self.entry("level", metadata.level().as_str());
-        self.entry("target", metadata.target());
-        event.record(self);
-        self.0.extend_from_slice(b"}\n");
-        Ok(())
+/// One access-log line's fields, as the middleware has them.
+pub struct AccessEntry<'a> {
+    pub request_id: &'a str,
+    pub method: &'a str,
+    pub route: &'a str,
+    pub status: u16,
+    pub latency_ms: f64,
+    pub trace_id: Option<&'a dyn fmt::Display>,
+}
+
+/// The line `tracing::info!(target: ACCESS_TARGET, …, "request")` would write through
+/// `JsonLines`, byte for byte in the same shape, without the dispatch through the subscriber
+/// and the field visitor (~3,000 instructions a request, an eighth of a whole `GET /health`).
+pub fn write_access_line(out: &mut Vec<u8>, entry: &AccessEntry<'_>) {
+    let mut line = JsonObject(std::mem::take(out));
+    line.0.extend_from_slice(b"{\"timestamp\":\"");
+    write_timestamp(&mut line.0, SystemTime::now());
+    line.0.extend_from_slice(b"\",\"level\":\"INFO\",\"target\":");
+    push_str(&mut line.0, super::logs::ACCESS_TARGET);
+    line.0.extend_from_slice(b",\"message\":\"request\"");
+    line.key("request_id");
+    push_str(&mut line.0, entry.request_id);
+    line.key("method");
+    push_str(&mut line.0, entry.method);
+    line.key("route");
+    push_str(&mut line.0, entry.route);
+    line.scalar("status", entry.status);
+    line.scalar("latency_ms", entry.latency_ms);
+    if let Some(trace_id) = entry.trace_id {
+        line.key("trace_id");
+        line.display(trace_id);
     }
+    line.0.extend_from_slice(b"}\n");
+    *out = line.0;
 }
 
 /// An object being written; always has at least one entry before the fields are recorded.
 struct JsonObject(Vec<u8>);
 
 impl JsonObject {
-    fn entry(&mut self, key: &str, value: impl Serialize) {
+    fn write_event(&mut self, event: &Event<'_>) {
+        self.0.extend_from_slice(b"{\"timestamp\":\"");
+        write_timestamp(&mut self.0, SystemTime::now());
+        self.0.push(b'"');
+        let metadata = event.metadata();
+        self.key("level");
+        push_str(&mut self.0, metadata.level().as_str());
+        self.key("target");
+        push_str(&mut self.0, metadata.target());
+        event.record(self);
+        self.0.extend_from_slice(b"}\n");
+    }
+
+    fn key(&mut self, key: &str) {
         self.0.push(b',');
-        // Writing into a Vec cannot fail, and these values always serialise.
-        let _ = serde_json::to_writer(&mut self.0, key);
+        push_str(&mut self.0, key);
         self.0.push(b':');
+    }
+
+    /// A number or literal through serde_json (itoa, ryu; NaN and infinities become null).
+    fn scalar(&mut self, key: &str, value: impl serde::Serialize) {
+        self.key(key);
+        // Writing into a Vec cannot fail, and these values always serialise.
         let _ = serde_json::to_writer(&mut self.0, &value);
     }
 }
 
-/// A `Debug` value as a JSON string, escaped as it is formatted: no `String` per value.
-struct DebugAsStr<'a>(&'a dyn fmt::Debug);
-
-impl Serialize for DebugAsStr<'_> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(&format_args!("{:?}", self.0))
+/// RFC 3339 in UTC with microseconds, `2026-11-29T04:08:06.123456Z`; the date and time of
+/// day are worked out once a second per thread.
+fn write_timestamp(out: &mut Vec<u8>, now: SystemTime) {
+    let since_epoch = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let second = since_epoch.as_secs();
+    let (cached, mut text) = SECOND.get();
+    if cached != second {
+        let at = i64::try_from(second).ok().and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok());
+        text = json_text::second_text(at.unwrap_or(time::OffsetDateTime::UNIX_EPOCH));
+        SECOND.set((second, text));
     }
+    out.extend_from_slice(&text);
+    json_text::push_micros_z(out, since_epoch.subsec_micros());
 }
 
 impl Visit for JsonObject {
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.entry(field.name(), value);
+        self.key(field.name());
+        push_str(&mut self.0, value);
     }
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.entry(field.name(), value);
+        self.scalar(field.name(), value);
     }
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.entry(field.name(), value);
+        self.scalar(field.name(), value);
     }
     fn record_f64(&mut self, field: &Field, value: f64) {
-        self.entry(field.name(), value); // NaN and infinities become null
+        self.scalar(field.name(), value);
     }
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.entry(field.name(), value);
+        self.scalar(field.name(), value);
     }
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
         self.record_debug(field, &format_args!("{value}"));
     }
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.entry(field.name(), DebugAsStr(value));
+        self.key(field.name());
+        self.display(&format_args!("{value:?}"));
+    }
+}
+
+impl JsonObject {
+    fn display(&mut self, value: &dyn fmt::Display) {
+        push_display(&mut self.0, value);
     }
 }
 
@@ -111,6 +167,8 @@ mod tests {
 
     use serde_json::Value;
     use tracing_subscriber::fmt::MakeWriter;
+
+    use time::format_description::well_known::Rfc3339;
 
     use super::*;
 
@@ -174,5 +232,57 @@ mod tests {
         assert_eq!(line["error"], "disk \"full\"");
         let timestamp = line["timestamp"].as_str().unwrap();
         time::OffsetDateTime::parse(timestamp, &Rfc3339).expect("an RFC 3339 timestamp");
+    }
+
+    #[test]
+    fn timestamps_match_rfc3339_across_seconds_and_the_cached_date() {
+        let cases = [0, 1_764_000_000_999_999, 1_764_000_000_000_001, 1_764_000_001_500_000, 951_782_400_000_000];
+        for micros in cases {
+            let at = UNIX_EPOCH + std::time::Duration::from_micros(micros);
+            let mut written = Vec::new();
+            write_timestamp(&mut written, at);
+            let written = String::from_utf8(written).unwrap();
+            let parsed = time::OffsetDateTime::parse(&written, &Rfc3339).expect(&written);
+            let expected = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1000).unwrap();
+            assert_eq!(parsed, expected, "{written}");
+            assert_eq!(written.len(), "2026-11-29T04:08:06.123456Z".len(), "{written}");
+        }
+    }
+
+    #[test]
+    fn the_access_line_is_the_line_its_tracing_event_would_write() {
+        let without_timestamp = |line: &str| line.split_once("\",\"level\"").expect(line).1.to_owned();
+        let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+        for (request_id, trace) in [("id-1", None), ("quote\"and\\back", Some(trace_id))] {
+            let captured = Captured::default();
+            let subscriber = tracing_subscriber::fmt().with_writer(captured.clone()).event_format(JsonLines).finish();
+            tracing::subscriber::with_default(subscriber, || {
+                tracing::info!(
+                    target: "users_api::access",
+                    request_id,
+                    method = "GET",
+                    route = "/users/{id}",
+                    status = 200u16,
+                    latency_ms = 0.25,
+                    trace_id = trace.map(tracing::field::display),
+                    "request"
+                );
+            });
+            let event = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+            let mut direct = Vec::new();
+            let entry = AccessEntry {
+                request_id,
+                method: "GET",
+                route: "/users/{id}",
+                status: 200,
+                latency_ms: 0.25,
+                trace_id: trace.as_ref().map(|t| t as &dyn fmt::Display),
+            };
+            write_access_line(&mut direct, &entry);
+            let direct = String::from_utf8(direct).unwrap();
+            assert_eq!(without_timestamp(&direct), without_timestamp(&event));
+            let parsed: Value = serde_json::from_str(&direct).unwrap();
+            assert_eq!(parsed["request_id"], request_id);
+        }
     }
 }

@@ -9,39 +9,60 @@ use metrics::{Counter, Gauge, Histogram};
 /// metric up in the recorder hashes and compares its labels, ~6,000 instructions a request.
 pub struct HttpMetrics {
     in_flight: Gauge,
-    by_route: RwLock<HashMap<String, HashMap<MethodStatus, RequestHandles>>>,
+    /// Scanned in order: a few dozen entries at most (the router's routes, or "unmatched", times
+    /// the statuses they answer), where comparing the status first beats hashing the route.
+    handles: RwLock<Vec<RequestHandles>>,
 }
 
-type MethodStatus = (&'static str, u16);
-type RequestHandles = (Counter, Histogram);
+struct RequestHandles {
+    status: u16,
+    method: &'static str,
+    route: Box<str>,
+    count: Counter,
+    duration: Histogram,
+}
+
+impl RequestHandles {
+    fn is(&self, status: u16, method: &str, route: &str) -> bool {
+        self.status == status && self.method == method && *self.route == *route
+    }
+
+    fn record(&self, seconds: f64) {
+        self.count.increment(1);
+        self.duration.record(seconds);
+    }
+}
 
 impl HttpMetrics {
     /// Registers with the recorder installed now (none: every handle is a no-op).
     pub fn new() -> Self {
-        Self { in_flight: metrics::gauge!("http_requests_in_flight"), by_route: RwLock::default() }
+        Self { in_flight: metrics::gauge!("http_requests_in_flight"), handles: RwLock::default() }
     }
 
     pub fn record(&self, method: &Method, route: &str, status: u16, latency: Duration) {
-        let key = (static_method(method), status);
+        let method = static_method(method);
         let seconds = latency.as_secs_f64();
-        if let Ok(by_route) = self.by_route.read()
-            && let Some((count, duration)) = by_route.get(route).and_then(|by_status| by_status.get(&key))
+        if let Ok(handles) = self.handles.read()
+            && let Some(found) = handles.iter().find(|h| h.is(status, method, route))
         {
-            count.increment(1);
-            duration.record(seconds);
+            found.record(seconds);
             return;
         }
-        // Routes are the router's own (or "unmatched") and statuses few: the map stays small.
-        let mut by_route = self.by_route.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let (count, duration) = by_route.entry(route.to_owned()).or_default().entry(key).or_insert_with(|| {
-            let labels = [("method", key.0.to_owned()), ("route", route.to_owned()), ("status", status.to_string())];
-            (
-                metrics::counter!("http_requests_total", &labels),
-                metrics::histogram!("http_request_duration_seconds", &labels),
-            )
-        });
-        count.increment(1);
-        duration.record(seconds);
+        let mut handles = self.handles.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(found) = handles.iter().find(|h| h.is(status, method, route)) {
+            found.record(seconds);
+            return;
+        }
+        let labels = [("method", method.to_owned()), ("route", route.to_owned()), ("status", status.to_string())];
+        let added = RequestHandles {
+            status,
+            method,
+            route: route.into(),
+            count: metrics::counter!("http_requests_total", &labels),
+            duration: metrics::histogram!("http_request_duration_seconds", &labels),
+        };
+        added.record(seconds);
+        handles.push(added);
     }
 
     /// Counts a request in the in-flight gauge for as long as the guard lives.

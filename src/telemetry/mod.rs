@@ -6,7 +6,8 @@ mod logs;
 mod metrics;
 mod traces;
 
-pub use logs::{LineFormat, LogSettings, init_logging};
+pub use json_lines::AccessEntry;
+pub use logs::{ACCESS_FLUSH_INTERVAL, ACCESS_TARGET, LineFormat, LogGuard, LogSettings, init_logging, log_access};
 pub use metrics::{
     HttpMetrics, InFlightGuard, PoolStatus, install_metrics_recorder, metrics_router, record_query, record_write_batch,
 };
