@@ -124,20 +124,27 @@ async fn insert_batch(pool: &Pool, batch: Vec<WriteJob>) {
         let inserted = tokio::time::timeout_at(
             start_by.into(),
             async {
-                client.batch_execute("BEGIN").await?;
                 let statement = client.prepare_cached(INSERT_BATCH).await?;
-                client.query(&statement, &[&names, &emails, &keys]).await
+                // BEGIN and the INSERT go out together, one round trip: tokio-postgres sends
+                // concurrent requests on a connection in the order they are first polled.
+                let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&names, &emails, &keys];
+                Ok(tokio::join!(client.batch_execute("BEGIN"), client.query(&statement, &params)))
             }
             .instrument(statement_span(SYSTEM, "INSERT users")),
         )
         .await;
         let rows = match inserted {
-            Ok(Ok(rows)) => rows,
+            Ok(Ok((Ok(()), Ok(rows)))) => rows,
+            // Without its BEGIN the INSERT ran on its own and may have committed by itself.
+            Ok(Ok((Err(begin_failed), Ok(_)))) => {
+                drop(Object::take(client));
+                return Err(StoreError::OutcomeUnknown(format!("BEGIN failed but the INSERT ran: {begin_failed}")));
+            }
             failed => {
                 // Never back to the pool mid-transaction; dropping it ends the transaction.
                 drop(Object::take(client));
                 return Err(match failed {
-                    Ok(Err(e)) => map_error(e),
+                    Ok(Err(e) | Ok((Err(e), _) | (_, Err(e)))) => map_error(e),
                     _ => StoreError::Unavailable("the database did not answer before the write's deadline".into()),
                 });
             }
