@@ -1,10 +1,10 @@
-use opentelemetry_sdk::trace::SdkTracer;
 use std::cell::RefCell;
 use std::io::Write as _;
 use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::Duration;
-use tracing::Subscriber;
 
+use opentelemetry_sdk::trace::SdkTracer;
+use tracing::Subscriber;
 use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
 use tracing_opentelemetry::OpenTelemetryLayer;
 use tracing_subscriber::EnvFilter;
