@@ -127,13 +127,21 @@ def test_latency_percentiles_come_from_the_access_log_fields_the_service_writes(
     assert filter_metrics() == {"request_latency_ms"}
     assert '"$.latency_ms"' in text and '{ route = "$.route" }' in text
     assert 'users_api::access' in text
-    middleware = (ROOT / "src/http/middleware.rs").read_text()
-    # The access-log event: from its target to the end of the macro call.
-    start = middleware.index('target: "users_api::access"')
-    event = middleware[start : middleware.index(");", start)]
+    # The JSON access line is written by hand in write_access_line: its keys as literal bytes.
+    json_lines = (ROOT / "src/telemetry/json_lines.rs").read_text()
+    start = json_lines.index("pub fn write_access_line")
+    writer = json_lines[start : json_lines.index("\n}\n", start)]
+    assert 'users_api::access' in writer
+    for field in ("route", "latency_ms"):
+        assert f'\\"{field}\\":' in writer, (field, writer)
+    # The text format's access event (a tracing event): from its target to the end of the macro call.
+    logs = (ROOT / "src/telemetry/logs.rs").read_text()
+    start = logs.index("target: ACCESS_TARGET,")
+    event = logs[start : logs.index(");", start)]
     fields = {line.strip().rstrip(",").split(" = ")[0] for line in event.splitlines()[1:]}
     for field in ("route", "latency_ms"):
         assert field in fields, (field, fields)
+    assert 'pub const ACCESS_TARGET: &str = "users_api::access";' in logs
 
 
 def test_local_collector_scrapes_the_api_service_and_prints_what_it_receives():
