@@ -126,9 +126,11 @@ async fn insert_batch(pool: &Pool, batch: Vec<WriteJob>) {
             async {
                 let statement = client.prepare_cached(INSERT_BATCH).await?;
                 // BEGIN and the INSERT go out together, one round trip: tokio-postgres sends
-                // concurrent requests on a connection in the order they are first polled.
+                // concurrent requests on a connection in the order they are first polled, and
+                // `biased` polls BEGIN first (the default rotates which future starts). Sent the
+                // other way round, the INSERT would commit by itself and a later 503 would lie.
                 let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&names, &emails, &keys];
-                Ok(tokio::join!(client.batch_execute("BEGIN"), client.query(&statement, &params)))
+                Ok(tokio::join!(biased; client.batch_execute("BEGIN"), client.query(&statement, &params)))
             }
             .instrument(statement_span(SYSTEM, "INSERT users")),
         )
