@@ -152,13 +152,7 @@ impl Visit for JsonObject {
     }
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
         self.key(field.name());
-        self.display(&format_args!("{value:?}"));
-    }
-}
-
-impl JsonObject {
-    fn display(&mut self, value: &dyn fmt::Display) {
-        push_display(&mut self.0, value);
+        push_display(&mut self.0, &format_args!("{value:?}"));
     }
 }
 
@@ -167,9 +161,8 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use serde_json::Value;
-    use tracing_subscriber::fmt::MakeWriter;
-
     use time::format_description::well_known::Rfc3339;
+    use tracing_subscriber::fmt::MakeWriter;
 
     use super::*;
 

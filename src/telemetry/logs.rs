@@ -40,7 +40,7 @@ static ACCESS: OnceLock<AccessBuffer> = OnceLock::new();
 /// A full buffer is handed to the writer at once…
 const ACCESS_BUFFER_BYTES: usize = 32 * 1024;
 /// …and a line waits at most this long (plus a write) before it is handed over.
-pub const ACCESS_FLUSH_INTERVAL: Duration = Duration::from_millis(50);
+const ACCESS_FLUSH_INTERVAL: Duration = Duration::from_millis(50);
 
 struct AccessBuffer {
     lines: Mutex<Vec<u8>>,

@@ -7,7 +7,7 @@ mod metrics;
 mod traces;
 
 pub use json_lines::AccessEntry;
-pub use logs::{ACCESS_FLUSH_INTERVAL, ACCESS_TARGET, LineFormat, LogGuard, LogSettings, init_logging, log_access};
+pub use logs::{ACCESS_TARGET, LineFormat, LogGuard, LogSettings, init_logging, log_access};
 pub use metrics::{
     HttpMetrics, InFlightGuard, PoolStatus, install_metrics_recorder, metrics_router, record_query, record_write_batch,
 };
