@@ -18,7 +18,7 @@ use crate::config::ServeConfig;
 use crate::http::{AppState, Guards, ListStreams, RateLimiter, app};
 use crate::store::{Store, StoreOptions, redact};
 
-pub use connection::InFlight;
+pub use connection::{InFlight, peer};
 
 pub struct Application {
     listener: TcpListener,

@@ -34,7 +34,7 @@ impl<S: Send + Sync> FromRequest<S> for NewUserJson {
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        let in_flight = request.extensions().get::<InFlight>().cloned();
+        let in_flight = InFlight::current();
         if declared_length.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
             // A client waiting for `100 Continue` has sent nothing: it reads the 413 and stops.
             let expects_continue = request.headers().contains_key(header::EXPECT);

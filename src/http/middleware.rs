@@ -9,11 +9,11 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request};
-use axum::http::{StatusCode, header};
+use axum::http::{Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::FutureExt;
-use tokio::sync::Semaphore;
-use tower::{Layer, Service, ServiceExt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tower::{Layer, Service};
 use tracing::Instrument;
 use tracing::field::Empty;
 
@@ -22,7 +22,7 @@ use super::request_id::{self, RequestId, X_REQUEST_ID};
 use crate::telemetry::{self, HttpMetrics, SPAN_TARGET};
 
 pub struct Limits {
-    pub in_flight: Semaphore,
+    pub in_flight: Arc<Semaphore>,
     pub request_timeout: Duration,
     pub metrics: HttpMetrics,
 }
@@ -60,24 +60,42 @@ where
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
-        // The service polled ready serves this request; its clone waits for the next one.
-        let next = self.inner.clone();
-        let ready = std::mem::replace(&mut self.inner, next);
-        Box::pin(observe(self.limits.clone(), request, ready).map(Ok))
+        let started = Instant::now();
+        let id = RequestId::from_request(&request);
+        let method = request.method().clone();
+        let matched = request.extensions().get::<MatchedPath>().cloned();
+        let span = request_span(&method, matched.as_ref().map_or(UNMATCHED, MatchedPath::as_str), &id);
+        telemetry::continue_trace(&span, request.headers());
+        // Back-pressure: beyond capacity answer at once rather than queue without bound.
+        // Liveness is exempt: an overloaded but healthy task must not be replaced for it.
+        let permit = self.limits.in_flight.clone().try_acquire_owned().ok();
+        let is_liveness = matched.as_ref().is_some_and(|m| m.as_str() == "/health");
+        // The route was polled ready (axum's always are) and its future owns what it needs, so it
+        // is called here: no clone of the route per request.
+        let routed = (permit.is_some() || is_liveness).then(|| self.inner.call(request));
+        let limits = self.limits.clone();
+        Box::pin(async move {
+            let route = matched.as_ref().map_or(UNMATCHED, MatchedPath::as_str);
+            Ok(observe(&limits, Observed { started, id, method, route, span }, permit, routed).await)
+        })
     }
 }
 
-async fn observe<S>(limits: Arc<Limits>, request: Request, route_service: S) -> Response
-where
-    S: Service<Request, Response = Response, Error = Infallible>,
-{
-    let started = Instant::now();
-    let id = RequestId::from_request(&request);
-    let method = request.method().clone();
-    let matched = request.extensions().get::<MatchedPath>().cloned();
-    let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
-    // Disabled at the call site when traces are off: the fields are then never evaluated.
-    let span = tracing::info_span!(
+/// What is known of a request before its route runs.
+struct Observed<'a> {
+    started: Instant,
+    id: RequestId,
+    method: Method,
+    route: &'a str,
+    span: tracing::Span,
+}
+
+/// The route label of a request no route matched (404s).
+const UNMATCHED: &str = "unmatched";
+
+/// Disabled at the call site when traces are off: the fields are then never evaluated.
+fn request_span(method: &Method, route: &str, id: &RequestId) -> tracing::Span {
+    tracing::info_span!(
         target: SPAN_TARGET,
         "request",
         otel.name = %format_args!("{method} {route}"),
@@ -87,18 +105,25 @@ where
         http.route = route,
         http.response.status_code = Empty,
         request_id = id.as_str(),
-    );
-    telemetry::continue_trace(&span, request.headers());
+    )
+}
 
+async fn observe<F>(
+    limits: &Limits,
+    request: Observed<'_>,
+    _permit: Option<OwnedSemaphorePermit>,
+    routed: Option<F>,
+) -> Response
+where
+    F: Future<Output = Result<Response, Infallible>>,
+{
+    let Observed { started, id, method, route, span } = request;
     let mut response = request_id::scope(id.clone(), async {
-        // Back-pressure: beyond capacity answer at once rather than queue without bound.
-        // Liveness is exempt: an overloaded but healthy task must not be replaced for it.
-        let permit = limits.in_flight.try_acquire();
-        if permit.is_err() && route != "/health" {
+        let Some(routed) = routed else {
             return ApiError::Unavailable { retry_after_secs: 1 }.into_response();
-        }
+        };
         let _in_flight = limits.metrics.in_flight();
-        let handled = AssertUnwindSafe(route_service.oneshot(request)).catch_unwind();
+        let handled = AssertUnwindSafe(routed).catch_unwind();
         let response = match tokio::time::timeout(limits.request_timeout, handled).await {
             Ok(Ok(Ok(response))) => response,
             Ok(Ok(Err(never))) => match never {},

@@ -49,7 +49,7 @@ pub struct Guards {
 
 pub fn app(state: Arc<AppState>, guards: Guards) -> Router {
     let limits = Arc::new(middleware::Limits {
-        in_flight: tokio::sync::Semaphore::new(guards.max_in_flight),
+        in_flight: Arc::new(tokio::sync::Semaphore::new(guards.max_in_flight)),
         request_timeout: guards.request_timeout,
         metrics: crate::telemetry::HttpMetrics::new(),
     });

@@ -1,11 +1,11 @@
 //! Per-client request rate limit: a second line behind the proxy's own limit.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr};
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 use governor::clock::{Clock, DefaultClock};
@@ -45,7 +45,7 @@ impl RateLimiter {
         {
             return ip;
         }
-        request.extensions().get::<ConnectInfo<SocketAddr>>().map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip())
+        crate::server::peer().map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |peer| peer.ip())
     }
 }
 

@@ -38,13 +38,13 @@ struct Registry {
 impl Registry {
     /// Registers a new connection, closing the most evictable one if the cap is reached;
     /// `None` when every open connection is serving a request.
-    fn admit(&self, id: u64) -> Option<Arc<Activity>> {
+    fn admit(&self, id: u64, peer: SocketAddr) -> Option<Arc<Activity>> {
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         if open.len() >= self.cap {
             let victim = open.values().filter_map(|a| a.eviction_rank().map(|rank| (rank, a))).min_by_key(|(r, _)| *r);
             victim?.1.evict();
         }
-        let activity = Activity::new();
+        let activity = Activity::new(peer);
         open.insert(id, activity.clone());
         metrics::gauge!("http_connections_open").set(open.len() as f64);
         Some(activity)
@@ -72,14 +72,14 @@ pub(super) async fn serve(
         next_id += 1;
         let id = next_id;
         let _ = stream.set_nodelay(true);
-        let Some(activity) = registry.admit(id) else {
+        let Some(activity) = registry.admit(id, remote) else {
             refuse(stream, &lingering);
             return;
         };
         let (router, state, registry) = (router.clone(), state.clone(), registry.clone());
         let timeouts = settings.timeouts;
         tasks.spawn(async move {
-            let end = connection::serve(stream, remote, router, state, activity, timeouts).await;
+            let end = connection::serve(stream, router, state, activity, timeouts).await;
             registry.remove(id);
             metrics::counter!("http_connections_closed_total", "reason" => end.label()).increment(1);
         });

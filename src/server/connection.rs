@@ -9,7 +9,6 @@ use std::task::Poll;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::ConnectInfo;
 use axum::http::{HeaderValue, Request, Version, header};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -45,6 +44,8 @@ pub(super) struct Activity {
     busy: AtomicUsize,
     closing: AtomicBool,
     close: Notify,
+    /// The client's address, as the socket reports it.
+    peer: SocketAddr,
 }
 
 /// Why a connection ended.
@@ -79,13 +80,14 @@ fn now_ms() -> u64 {
 }
 
 impl Activity {
-    pub fn new() -> Arc<Self> {
+    pub fn new(peer: SocketAddr) -> Arc<Self> {
         Arc::new(Self {
             phase: AtomicU8::new(FRESH),
             since_ms: AtomicU64::new(now_ms()),
             busy: AtomicUsize::new(0),
             closing: AtomicBool::new(false),
             close: Notify::new(),
+            peer,
         })
     }
 
@@ -133,6 +135,18 @@ impl Activity {
     }
 }
 
+tokio::task_local! {
+    /// The connection served by the running task: hyper runs each request's handler inside its
+    /// connection's task. A task-local rather than a request extension: axum already puts three
+    /// in the map, and a fourth made it grow (a second allocation and a rehash) on every request.
+    static CONNECTION: Arc<Activity>;
+}
+
+/// The client's address on the current connection; `None` outside a connection's task.
+pub fn peer() -> Option<SocketAddr> {
+    CONNECTION.try_with(|activity| activity.peer).ok()
+}
+
 /// Keeps its connection busy while it lives: one per request (held by the response body)
 /// and one per refused body still being drained.
 pub struct InFlight(Arc<Activity>);
@@ -142,11 +156,10 @@ impl InFlight {
         activity.busy.fetch_add(1, Ordering::Relaxed);
         Self(activity)
     }
-}
 
-impl Clone for InFlight {
-    fn clone(&self) -> Self {
-        Self::new(self.0.clone())
+    /// Keeps the current connection busy; `None` outside a connection's task.
+    pub fn current() -> Option<Self> {
+        CONNECTION.try_with(|activity| Self::new(activity.clone())).ok()
     }
 }
 
@@ -161,17 +174,14 @@ impl Drop for InFlight {
 /// Serves one HTTP/1.1 connection until it ends, times out or is evicted.
 pub(super) async fn serve(
     stream: TcpStream,
-    remote: SocketAddr,
     router: Router,
     state: Arc<AppState>,
     activity: Arc<Activity>,
     timeouts: Timeouts,
 ) -> End {
     let service_activity = activity.clone();
-    let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
         let in_flight = InFlight::new(service_activity.clone());
-        request.extensions_mut().insert(ConnectInfo(remote));
-        request.extensions_mut().insert(in_flight.clone());
         let (router, state) = (router.clone(), state.clone());
         async move {
             let http11 = request.version() == Version::HTTP_11;
@@ -192,6 +202,7 @@ pub(super) async fn serve(
 
     let io = TokioIo::new(ConnectionIo::new(stream, activity.clone()));
     let connection = hyper::server::conn::http1::Builder::new().serve_connection(io, service);
+    let connection = CONNECTION.scope(activity.clone(), connection);
     let mut connection = std::pin::pin!(connection);
     let mut timer = std::pin::pin!(tokio::time::sleep(timeouts.header));
     let mut evicted = std::pin::pin!(activity.close.notified());

@@ -1,11 +1,11 @@
 use std::cell::RefCell;
 use std::io::Write as _;
-use std::sync::{Mutex, OnceLock, PoisonError};
+use std::sync::{Condvar, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use opentelemetry_sdk::trace::SdkTracer;
 use tracing::Subscriber;
-use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
+use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_opentelemetry::OpenTelemetryLayer;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::format::FmtSpan;
@@ -33,43 +33,64 @@ pub enum LineFormat {
 /// The target of the access log's lines, one per request.
 pub const ACCESS_TARGET: &str = "users_api::access";
 
-/// With JSON lines, access lines wait in one shared buffer and reach the log writer together:
-/// a write to the writer's queue per request woke its thread for each line and cost more than
-/// the rest of a `GET /health`. nginx's `access_log … buffer= flush=`.
-static ACCESS: OnceLock<AccessBuffer> = OnceLock::new();
-/// A full buffer is handed to the writer at once…
+/// With JSON lines, access lines wait in one shared buffer that a thread of their own writes
+/// to stdout: a write to the log writer's queue per request woke its thread for each line and
+/// cost more than the rest of a `GET /health`. nginx's `access_log … buffer= flush=`.
+static ACCESS: OnceLock<&'static AccessBuffer> = OnceLock::new();
+/// A full buffer wakes the access writer at once…
 const ACCESS_BUFFER_BYTES: usize = 32 * 1024;
-/// …and a line waits at most this long (plus a write) before it is handed over.
+/// …and a line waits at most this long (plus a write) before it is written.
 const ACCESS_FLUSH_INTERVAL: Duration = Duration::from_millis(50);
+/// Beyond this much waiting (stdout stalled), requests wait for the writer rather than lines
+/// being dropped or memory growing without bound.
+const ACCESS_MAX_WAITING_BYTES: usize = 2 * 1024 * 1024;
 
 struct AccessBuffer {
     lines: Mutex<Vec<u8>>,
-    writer: NonBlocking,
+    /// Wakes the writer when a buffer's worth waits.
+    full: Condvar,
+    /// Wakes requests waiting for room.
+    room: Condvar,
 }
 
 impl AccessBuffer {
     fn push(&self, line: &[u8]) {
-        let full = {
-            let mut lines = self.lines.lock().unwrap_or_else(PoisonError::into_inner);
-            lines.extend_from_slice(line);
-            (lines.len() >= ACCESS_BUFFER_BYTES)
-                .then(|| std::mem::replace(&mut *lines, Vec::with_capacity(ACCESS_BUFFER_BYTES)))
-        };
-        if let Some(full) = full {
-            self.hand_over(&full);
+        let mut lines = self.lines.lock().unwrap_or_else(PoisonError::into_inner);
+        while lines.len() >= ACCESS_MAX_WAITING_BYTES {
+            lines = self.room.wait(lines).unwrap_or_else(PoisonError::into_inner);
         }
+        let before = lines.len();
+        lines.extend_from_slice(line);
+        if before < ACCESS_BUFFER_BYTES && lines.len() >= ACCESS_BUFFER_BYTES {
+            self.full.notify_one();
+        }
+    }
+
+    /// The lines waiting once a buffer's worth waits or the interval is over; `spare` (empty)
+    /// takes their place, so the two buffers are reused.
+    fn take(&self, spare: Vec<u8>) -> Vec<u8> {
+        let mut lines = self.lines.lock().unwrap_or_else(PoisonError::into_inner);
+        if lines.len() < ACCESS_BUFFER_BYTES {
+            lines = self.full.wait_timeout(lines, ACCESS_FLUSH_INTERVAL).unwrap_or_else(PoisonError::into_inner).0;
+        }
+        let taken = std::mem::replace(&mut *lines, spare);
+        if taken.len() >= ACCESS_MAX_WAITING_BYTES {
+            self.room.notify_all();
+        }
+        taken
     }
 
     fn flush(&self) {
         let waiting = std::mem::take(&mut *self.lines.lock().unwrap_or_else(PoisonError::into_inner));
-        if !waiting.is_empty() {
-            self.hand_over(&waiting);
-        }
+        self.room.notify_all();
+        write_lines(&waiting);
     }
+}
 
-    fn hand_over(&self, lines: &[u8]) {
-        // One write is one message in the writer's queue, written whole.
-        let _ = self.writer.clone().write_all(lines);
+/// Whole lines, in one locked write: the log writer thread writes to stdout too.
+fn write_lines(lines: &[u8]) {
+    if !lines.is_empty() {
+        let _ = std::io::stdout().lock().write_all(lines);
     }
 }
 
@@ -106,8 +127,8 @@ pub fn log_access(entry: &AccessEntry<'_>) {
     });
 }
 
-/// Keep until exit: dropping it hands the waiting access lines to the writer, then flushes
-/// the writer's queue to stdout.
+/// Keep until exit: dropping it writes the waiting access lines, then flushes the log writer's
+/// queue to stdout.
 #[must_use = "dropping the guard stops the log writer"]
 pub struct LogGuard {
     _writer: WorkerGuard,
@@ -128,7 +149,7 @@ const LOG_QUEUE_LINES: usize = 8 * 1024;
 /// Installs the global subscriber; logs go to stdout, one line per event. A background thread
 /// does the writing so that requests never wait on stdout; it blocks (rather than drops lines)
 /// when it falls behind by LOG_QUEUE_LINES. Keep the guard until exit: dropping it flushes what is
-/// queued. Access lines (JSON) are handed to that thread every ACCESS_FLUSH_INTERVAL or 32 KiB.
+/// queued. Access lines (JSON) have a writer thread of their own (`start_access_writer`).
 /// With `traces`, the spans of `SPAN_TARGET` go to it whatever the log level; without, they are off.
 pub fn init_logging(settings: &LogSettings, traces: Option<&TraceExport>) -> LogGuard {
     let filter = EnvFilter::try_new(&settings.filter).unwrap_or_else(|e| {
@@ -144,7 +165,6 @@ pub fn init_logging(settings: &LogSettings, traces: Option<&TraceExport>) -> Log
         .buffered_lines_limit(LOG_QUEUE_LINES)
         .lossy(false)
         .finish(std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout()));
-    let access_writer = writer.clone();
     let lines =
         tracing_subscriber::fmt::layer().with_writer(writer).with_span_events(FmtSpan::NONE).with_ansi(is_terminal);
     let registry = tracing_subscriber::registry().with(filter);
@@ -153,26 +173,35 @@ pub fn init_logging(settings: &LogSettings, traces: Option<&TraceExport>) -> Log
         LineFormat::Text => registry.with(lines).with(span_export(traces)).try_init(),
     };
     if installed.is_ok() && settings.format == LineFormat::Json {
-        let buffer = AccessBuffer { lines: Mutex::new(Vec::with_capacity(ACCESS_BUFFER_BYTES)), writer: access_writer };
-        if ACCESS.set(buffer).is_ok() {
-            start_access_flusher();
-        }
+        start_access_writer();
     }
     LogGuard { _writer: guard }
 }
 
-/// Hands waiting access lines over every ACCESS_FLUSH_INTERVAL, for the life of the process.
-fn start_access_flusher() {
-    let spawned = std::thread::Builder::new().name("access-log-flush".into()).spawn(|| {
+/// Writes the waiting access lines every ACCESS_FLUSH_INTERVAL, or as soon as 32 KiB wait, for
+/// the life of the process. Without this thread, access lines stay tracing events.
+fn start_access_writer() {
+    // Lives as long as the process, as the thread does.
+    let access: &'static AccessBuffer = Box::leak(Box::new(AccessBuffer {
+        lines: Mutex::new(Vec::with_capacity(ACCESS_BUFFER_BYTES)),
+        full: Condvar::new(),
+        room: Condvar::new(),
+    }));
+    let spawned = std::thread::Builder::new().name("access-log".into()).spawn(move || {
+        let mut spare = Vec::with_capacity(ACCESS_BUFFER_BYTES);
         loop {
-            std::thread::sleep(ACCESS_FLUSH_INTERVAL);
-            if let Some(access) = ACCESS.get() {
-                access.flush();
-            }
+            let mut lines = access.take(spare);
+            write_lines(&lines);
+            lines.clear();
+            lines.shrink_to(2 * ACCESS_BUFFER_BYTES); // after a stall, give the backlog's room back
+            spare = lines;
         }
     });
-    if let Err(e) = spawned {
-        eprintln!("could not start the access log's flusher ({e}); access lines are written when 32 KiB wait");
+    match spawned {
+        Ok(_) => {
+            let _ = ACCESS.set(access);
+        }
+        Err(e) => eprintln!("could not start the access log's writer ({e}); access lines go through the log writer"),
     }
 }
 
