@@ -12,7 +12,7 @@ use axum::extract::{MatchedPath, Request};
 use axum::http::{Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::FutureExt;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 use tower::{Layer, Service};
 use tracing::Instrument;
 use tracing::field::Empty;
@@ -75,8 +75,27 @@ where
         let routed = (permit.is_some() || is_liveness).then(|| self.inner.call(request));
         let limits = self.limits.clone();
         Box::pin(async move {
+            // Futures are built here and awaited once: an async fn taking a future keeps it twice
+            // and every layer of wrapping copies it again.
+            let handled = async {
+                let Some(routed) = routed else {
+                    return ApiError::Unavailable { retry_after_secs: 1 }.into_response();
+                };
+                let _in_flight = limits.metrics.in_flight();
+                let handled = AssertUnwindSafe(routed).catch_unwind();
+                let response = match tokio::time::timeout(limits.request_timeout, handled).await {
+                    Ok(Ok(Ok(response))) => response,
+                    Ok(Ok(Err(never))) => match never {},
+                    Ok(Err(_panic)) => ApiError::Internal(anyhow::anyhow!("handler panicked")).into_response(),
+                    Err(_) => ApiError::Timeout.into_response(),
+                };
+                drop(permit);
+                as_problem(response)
+            };
+            let scoped = request_id::scope(id.clone(), handled);
+            let response = if span.is_disabled() { scoped.await } else { scoped.instrument(span.clone()).await };
             let route = matched.as_ref().map_or(UNMATCHED, MatchedPath::as_str);
-            Ok(observe(&limits, Observed { started, id, method, route, span }, permit, routed).await)
+            Ok(finish(&limits, Observed { started, id, method, route, span }, response))
         })
     }
 }
@@ -108,33 +127,9 @@ fn request_span(method: &Method, route: &str, id: &RequestId) -> tracing::Span {
     )
 }
 
-async fn observe<F>(
-    limits: &Limits,
-    request: Observed<'_>,
-    _permit: Option<OwnedSemaphorePermit>,
-    routed: Option<F>,
-) -> Response
-where
-    F: Future<Output = Result<Response, Infallible>>,
-{
+/// The request id on the answer, then its metrics, span status and access line.
+fn finish(limits: &Limits, request: Observed<'_>, mut response: Response) -> Response {
     let Observed { started, id, method, route, span } = request;
-    let mut response = request_id::scope(id.clone(), async {
-        let Some(routed) = routed else {
-            return ApiError::Unavailable { retry_after_secs: 1 }.into_response();
-        };
-        let _in_flight = limits.metrics.in_flight();
-        let handled = AssertUnwindSafe(routed).catch_unwind();
-        let response = match tokio::time::timeout(limits.request_timeout, handled).await {
-            Ok(Ok(Ok(response))) => response,
-            Ok(Ok(Err(never))) => match never {},
-            Ok(Err(_panic)) => ApiError::Internal(anyhow::anyhow!("handler panicked")).into_response(),
-            Err(_) => ApiError::Timeout.into_response(),
-        };
-        as_problem(response)
-    })
-    .instrument(span.clone())
-    .await;
-
     response.headers_mut().insert(&X_REQUEST_ID, id.header_value());
     let status = response.status().as_u16();
     let latency = started.elapsed();

@@ -47,7 +47,7 @@ pub fn current() -> Option<String> {
     CURRENT.try_with(|id| id.as_str().to_owned()).ok()
 }
 
-/// Runs `fut` with `id` as the current request id.
-pub async fn scope<F: Future>(id: RequestId, fut: F) -> F::Output {
-    CURRENT.scope(id, fut).await
+/// Runs `fut` with `id` as the current request id. Not an async fn: that would keep `fut` twice.
+pub fn scope<F: Future>(id: RequestId, fut: F) -> impl Future<Output = F::Output> {
+    CURRENT.scope(id, fut)
 }
