@@ -9,6 +9,7 @@ mod tls;
 
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
 use tokio::sync::oneshot;
 
 use crate::domain::{NewUser, User, UserRef};
@@ -126,48 +127,48 @@ impl Store {
     }
 
     pub async fn create(&self, user: NewUser) -> Result<User, StoreError> {
-        let started = std::time::Instant::now();
-        let result = match self {
-            Self::Sqlite(s) => s.create(user).await,
-            // Boxed: PostgreSQL's future is three times SQLite's, and every create's handler
-            // future would carry (and move, and box) room for it.
-            Self::Postgres(s) => Box::pin(s.create(user)).await,
-        };
-        self.record("insert", started);
-        result
+        self.timed("insert", async {
+            match self {
+                Self::Sqlite(s) => s.create(user).await,
+                // Boxed: PostgreSQL's future is three times SQLite's, and every create's handler
+                // future would carry (and move, and box) room for it.
+                Self::Postgres(s) => Box::pin(s.create(user)).await,
+            }
+        })
+        .await
     }
 
     /// A create with an idempotency key: the user and the key's answer in one transaction, or
     /// the answer stored for the key, or a refusal (key reused, or in flight).
     pub async fn create_keyed(&self, user: NewUser, keyed: KeyedCreate) -> Result<KeyedOutcome, StoreError> {
-        let started = std::time::Instant::now();
-        let result = match self {
-            Self::Sqlite(s) => s.create_keyed(user, keyed).await,
-            Self::Postgres(s) => Box::pin(s.create_keyed(user, keyed)).await,
-        };
-        self.record("insert_keyed", started);
-        result
+        self.timed("insert_keyed", async {
+            match self {
+                Self::Sqlite(s) => s.create_keyed(user, keyed).await,
+                Self::Postgres(s) => Box::pin(s.create_keyed(user, keyed)).await,
+            }
+        })
+        .await
     }
 
     pub async fn get(&self, id: i64) -> Result<Option<User>, StoreError> {
-        let started = std::time::Instant::now();
-        let result = match self {
-            Self::Sqlite(s) => s.get(id).await,
-            Self::Postgres(s) => s.get(id).await,
-        };
-        self.record("get", started);
-        result
+        self.timed("get", async {
+            match self {
+                Self::Sqlite(s) => s.get(id).await,
+                Self::Postgres(s) => s.get(id).await,
+            }
+        })
+        .await
     }
 
     /// Up to `limit` users with `id > after`, ascending.
     pub async fn page(&self, after: i64, limit: u32) -> Result<Vec<User>, StoreError> {
-        let started = std::time::Instant::now();
-        let result = match self {
-            Self::Sqlite(s) => s.page(after, limit).await,
-            Self::Postgres(s) => s.page(after, limit).await,
-        };
-        self.record("page", started);
-        result
+        self.timed("page", async {
+            match self {
+                Self::Sqlite(s) => s.page(after, limit).await,
+                Self::Postgres(s) => s.page(after, limit).await,
+            }
+        })
+        .await
     }
 
     /// Up to `limit` users with `id > after`, ascending, each handed to `visit` in order; on
@@ -176,15 +177,15 @@ impl Store {
     where
         F: FnMut(UserRef<'_>) + Send,
     {
-        let started = std::time::Instant::now();
-        let result = match self {
-            Self::Sqlite(s) => s.visit_page(after, limit, visit).await,
-            Self::Postgres(s) => {
-                s.page(after, limit).await.map(|users| users.iter().for_each(|user| visit(user.into())))
+        self.timed("page", async {
+            match self {
+                Self::Sqlite(s) => s.visit_page(after, limit, visit).await,
+                Self::Postgres(s) => {
+                    s.page(after, limit).await.map(|users| users.iter().for_each(|user| visit(user.into())))
+                }
             }
-        };
-        self.record("page", started);
-        result
+        })
+        .await
     }
 
     /// Connections of the pool (the read pool, for SQLite) for the metrics gauges.
@@ -200,10 +201,14 @@ impl Store {
         }
     }
 
-    /// Records a query's duration. Not a wrapper taking the query's future: an async fn keeps its
-    /// future argument and the future it awaits side by side, doubling every handler's future.
-    fn record(&self, operation: &'static str, started: std::time::Instant) {
-        crate::telemetry::record_query(operation, self.backend(), started.elapsed());
+    /// Records how long `query` takes. Not an async fn: one keeps its future argument and the
+    /// future it awaits side by side, which doubled every handler's future.
+    fn timed<F: Future>(&self, operation: &'static str, query: F) -> impl Future<Output = F::Output> + use<F> {
+        let (backend, started) = (self.backend(), Instant::now());
+        query.map(move |result| {
+            crate::telemetry::record_query(operation, backend, started.elapsed());
+            result
+        })
     }
 
     /// Readiness: the store can serve reads. With a read replica that is usable, that holds
