@@ -10,11 +10,11 @@ use axum::http::{HeaderName, HeaderValue};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
-use super::AppState;
 use super::error::ApiError;
+use super::{AppState, routes};
 
 pub fn router() -> Router<Arc<AppState>> {
-    Router::new().route("/health", get(health)).route("/ready", get(ready))
+    Router::new().route(routes::HEALTH, get(health)).route(routes::READY, get(ready))
 }
 
 /// Liveness: the process serves HTTP. No database call.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use axum::extract::{MatchedPath, Request};
+use axum::extract::Request;
 use axum::http::{Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::FutureExt;
@@ -19,16 +19,18 @@ use tracing::field::Empty;
 
 use super::error::{ApiError, PROBLEM_JSON};
 use super::request_id::{self, RequestId, X_REQUEST_ID};
+use super::routes::{self, RouteLabels};
 use crate::telemetry::{self, HttpMetrics, SPAN_TARGET};
 
 pub struct Limits {
     pub in_flight: Arc<Semaphore>,
     pub request_timeout: Duration,
     pub metrics: HttpMetrics,
+    pub routes: RouteLabels,
 }
 
-/// Wraps every route in `observe`. A tower layer of our own rather than axum's `from_fn` and
-/// tower-http's `CatchPanic`: each of those boxes the route again and clones it per request.
+/// Wraps the router in `Observe`. A tower layer of our own rather than axum's `from_fn` and
+/// tower-http's `CatchPanic`: each of those boxes the service again and clones it per request.
 #[derive(Clone)]
 pub struct ObserveLayer(pub Arc<Limits>);
 
@@ -63,13 +65,13 @@ where
         let started = Instant::now();
         let id = RequestId::from_request(&request);
         let method = request.method().clone();
-        let matched = request.extensions().get::<MatchedPath>().cloned();
-        let span = request_span(&method, matched.as_ref().map_or(UNMATCHED, MatchedPath::as_str), &id);
+        let route = self.limits.routes.label(request.uri().path());
+        let span = request_span(&method, route, &id);
         telemetry::continue_trace(&span, request.headers());
         // Back-pressure: beyond capacity answer at once rather than queue without bound.
         // Liveness is exempt: an overloaded but healthy task must not be replaced for it.
         let permit = self.limits.in_flight.clone().try_acquire_owned().ok();
-        let is_liveness = matched.as_ref().is_some_and(|m| m.as_str() == "/health");
+        let is_liveness = route == routes::HEALTH;
         // The route was polled ready (axum's always are) and its future owns what it needs, so it
         // is called here: no clone of the route per request.
         let routed = (permit.is_some() || is_liveness).then(|| self.inner.call(request));
@@ -94,23 +96,19 @@ where
             };
             let scoped = request_id::scope(id.clone(), handled);
             let response = if span.is_disabled() { scoped.await } else { scoped.instrument(span.clone()).await };
-            let route = matched.as_ref().map_or(UNMATCHED, MatchedPath::as_str);
             Ok(finish(&limits, Observed { started, id, method, route, span }, response))
         })
     }
 }
 
 /// What is known of a request before its route runs.
-struct Observed<'a> {
+struct Observed {
     started: Instant,
     id: RequestId,
     method: Method,
-    route: &'a str,
+    route: &'static str,
     span: tracing::Span,
 }
-
-/// The route label of a request no route matched (404s).
-const UNMATCHED: &str = "unmatched";
 
 /// Disabled at the call site when traces are off: the fields are then never evaluated.
 fn request_span(method: &Method, route: &str, id: &RequestId) -> tracing::Span {
@@ -128,7 +126,7 @@ fn request_span(method: &Method, route: &str, id: &RequestId) -> tracing::Span {
 }
 
 /// The request id on the answer, then its metrics, span status and access line.
-fn finish(limits: &Limits, request: Observed<'_>, mut response: Response) -> Response {
+fn finish(limits: &Limits, request: Observed, mut response: Response) -> Response {
     let Observed { started, id, method, route, span } = request;
     response.headers_mut().insert(&X_REQUEST_ID, id.header_value());
     let status = response.status().as_u16();

@@ -14,8 +14,8 @@ use super::AppState;
 use super::error::{ApiError, FieldError};
 use super::extract::NewUserJson;
 use super::idempotency::{self, MaybeIdempotencyKey};
-use super::request_id;
 use super::user_json::UserJson;
+use super::{request_id, routes};
 use crate::domain::User;
 use crate::store::{KeyedCreate, KeyedOutcome, StoredAnswer};
 
@@ -26,9 +26,9 @@ pub const DEFAULT_PAGE_SIZE: u32 = 100;
 
 pub fn router() -> Router<Arc<AppState>> {
     Router::new()
-        .route("/users", get(list_users).post(create_user))
-        .route("/user", post(create_user))
-        .route("/users/{id}", get(get_user))
+        .route(routes::USERS, get(list_users).post(create_user))
+        .route(routes::USER, post(create_user))
+        .route(routes::USER_BY_ID, get(get_user))
 }
 
 #[utoipa::path(

@@ -7,7 +7,6 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::Router;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -59,7 +58,7 @@ impl Registry {
 
 pub(super) async fn serve(
     listener: TcpListener,
-    router: Router,
+    router: crate::http::App,
     state: Arc<AppState>,
     settings: Settings,
     shutdown: impl Future<Output = ()>,

@@ -8,7 +8,6 @@ use std::sync::{Arc, OnceLock};
 use std::task::Poll;
 use std::time::Duration;
 
-use axum::Router;
 use axum::http::{HeaderValue, Request, Version, header};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -174,7 +173,7 @@ impl Drop for InFlight {
 /// Serves one HTTP/1.1 connection until it ends, times out or is evicted.
 pub(super) async fn serve(
     stream: TcpStream,
-    router: Router,
+    router: crate::http::App,
     state: Arc<AppState>,
     activity: Arc<Activity>,
     timeouts: Timeouts,
@@ -185,7 +184,10 @@ pub(super) async fn serve(
         let (router, state) = (router.clone(), state.clone());
         async move {
             let http11 = request.version() == Version::HTTP_11;
-            let mut response = router.oneshot(request).await.unwrap_or_else(|never: Infallible| match never {});
+            let mut response = router
+                .oneshot(request.map(axum::body::Body::new))
+                .await
+                .unwrap_or_else(|never: Infallible| match never {});
             // Draining: tell the client not to reuse this connection. The client closes it after
             // reading this answer, so the close can never cross a request it is sending.
             if http11 && state.draining.load(Ordering::Relaxed) {
