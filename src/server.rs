@@ -112,7 +112,7 @@ impl Application {
                 limits.trust_forwarded_for,
             ),
         };
-        let router = app(state.clone(), guards);
+        let app = app(state.clone(), guards);
         if let Some(metrics_listener) = metrics_listener {
             let pool_state = state.clone();
             let metrics = crate::telemetry::metrics_router(move || pool_state.store.pool_status());
@@ -137,7 +137,7 @@ impl Application {
             shutdown_delay: config.shutdown_delay(),
             grace: config.shutdown_grace(),
         };
-        accept::serve(listener, router, state.clone(), settings, shutdown).await;
+        accept::serve(listener, app, state.clone(), settings, shutdown).await;
         state.store.close().await;
         tracing::info!("stopped");
         Ok(())

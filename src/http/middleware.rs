@@ -5,28 +5,74 @@ use std::convert::Infallible;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::extract::Request;
-use axum::http::{Method, StatusCode, header};
+use axum::http::{HeaderValue, Method, StatusCode, Version, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::FutureExt;
-use tokio::sync::Semaphore;
 use tower::{Layer, Service};
 use tracing::Instrument;
 use tracing::field::Empty;
 
+use super::AppState;
 use super::error::{ApiError, PROBLEM_JSON};
 use super::request_id::{self, RequestId, X_REQUEST_ID};
 use super::routes::{self, RouteLabels};
 use crate::telemetry::{self, HttpMetrics, SPAN_TARGET};
 
 pub struct Limits {
-    pub in_flight: Arc<Semaphore>,
+    pub admission: Admission,
     pub request_timeout: Duration,
     pub metrics: HttpMetrics,
     pub routes: RouteLabels,
+    /// For its draining flag: from then on, every HTTP/1.1 answer carries `Connection: close`.
+    pub state: Arc<AppState>,
+}
+
+/// The in-flight cap (`MAX_IN_FLIGHT`). A count rather than a semaphore: nothing ever waits for
+/// a place (beyond the cap the answer is 503 at once), and a semaphore's release takes its
+/// waiters' lock every time.
+pub struct Admission {
+    handling: AtomicUsize,
+    max: usize,
+}
+
+impl Admission {
+    pub fn new(max: usize) -> Self {
+        Self { handling: AtomicUsize::new(0), max }
+    }
+
+    fn try_enter(&self) -> bool {
+        self.handling.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| (n < self.max).then_some(n + 1)).is_ok()
+    }
+
+    fn leave(&self) {
+        self.handling.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The request's share of the limits: its place under the cap, if it took one, is given back
+/// once its answer is ready, or when it is dropped unanswered (the client went away).
+struct Place {
+    limits: Arc<Limits>,
+    admitted: AtomicBool,
+}
+
+impl Place {
+    fn release(&self) {
+        if self.admitted.swap(false, Ordering::Relaxed) {
+            self.limits.admission.leave();
+        }
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.release();
+    }
 }
 
 /// Wraps the router in `Observe`. A tower layer of our own rather than axum's `from_fn` and
@@ -70,12 +116,12 @@ where
         telemetry::continue_trace(&span, request.headers());
         // Back-pressure: beyond capacity answer at once rather than queue without bound.
         // Liveness is exempt: an overloaded but healthy task must not be replaced for it.
-        let permit = self.limits.in_flight.clone().try_acquire_owned().ok();
-        let is_liveness = route == routes::HEALTH;
-        // The route was polled ready (axum's always are) and its future owns what it needs, so it
-        // is called here: no clone of the route per request.
-        let routed = (permit.is_some() || is_liveness).then(|| self.inner.call(request));
-        let limits = self.limits.clone();
+        let admitted = self.limits.admission.try_enter();
+        let place = Place { limits: self.limits.clone(), admitted: AtomicBool::new(admitted) };
+        let http11 = request.version() == Version::HTTP_11;
+        // The inner service is always ready (axum's router) and its future owns what it needs,
+        // so it is called here: no clone of it per request.
+        let routed = (admitted || route == routes::HEALTH).then(|| self.inner.call(request));
         Box::pin(async move {
             // Futures are built here and awaited once: an async fn taking a future keeps it twice
             // and every layer of wrapping copies it again.
@@ -83,20 +129,20 @@ where
                 let Some(routed) = routed else {
                     return ApiError::Unavailable { retry_after_secs: 1 }.into_response();
                 };
-                let _in_flight = limits.metrics.in_flight();
+                let _in_flight = place.limits.metrics.in_flight();
                 let handled = AssertUnwindSafe(routed).catch_unwind();
-                let response = match tokio::time::timeout(limits.request_timeout, handled).await {
+                let response = match tokio::time::timeout(place.limits.request_timeout, handled).await {
                     Ok(Ok(Ok(response))) => response,
                     Ok(Ok(Err(never))) => match never {},
                     Ok(Err(_panic)) => ApiError::Internal(anyhow::anyhow!("handler panicked")).into_response(),
                     Err(_) => ApiError::Timeout.into_response(),
                 };
-                drop(permit);
+                place.release();
                 as_problem(response)
             };
             let scoped = request_id::scope(id.clone(), handled);
             let response = if span.is_disabled() { scoped.await } else { scoped.instrument(span.clone()).await };
-            Ok(finish(&limits, Observed { started, id, method, route, span }, response))
+            Ok(finish(&place.limits, Observed { started, id, method, http11, route, span }, response))
         })
     }
 }
@@ -106,6 +152,7 @@ struct Observed {
     started: Instant,
     id: RequestId,
     method: Method,
+    http11: bool,
     route: &'static str,
     span: tracing::Span,
 }
@@ -125,10 +172,16 @@ fn request_span(method: &Method, route: &str, id: &RequestId) -> tracing::Span {
     )
 }
 
-/// The request id on the answer, then its metrics, span status and access line.
+/// The request id on the answer (and the close while draining), then its metrics, span status
+/// and access line.
 fn finish(limits: &Limits, request: Observed, mut response: Response) -> Response {
-    let Observed { started, id, method, route, span } = request;
+    let Observed { started, id, method, http11, route, span } = request;
     response.headers_mut().insert(&X_REQUEST_ID, id.header_value());
+    // Draining: tell the client not to reuse this connection. The client closes it after reading
+    // this answer, so the close can never cross a request it is sending.
+    if http11 && limits.state.draining.load(Ordering::Relaxed) {
+        response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     let status = response.status().as_u16();
     let latency = started.elapsed();
     limits.metrics.record(&method, route, status, latency);
@@ -169,4 +222,20 @@ fn as_problem(response: Response) -> Response {
         problem.headers_mut().insert(header::ALLOW, allow.clone());
     }
     problem
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Admission;
+
+    #[test]
+    fn admission_takes_up_to_the_cap_and_a_place_left_is_taken_again() {
+        let admission = Admission::new(2);
+        assert!(admission.try_enter());
+        assert!(admission.try_enter());
+        assert!(!admission.try_enter(), "a third place under a cap of 2");
+        admission.leave();
+        assert!(admission.try_enter(), "the place given back is free again");
+        assert!(!admission.try_enter());
+    }
 }

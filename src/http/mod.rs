@@ -54,10 +54,11 @@ pub type App = middleware::Observe<Router>;
 
 pub fn app(state: Arc<AppState>, guards: Guards) -> App {
     let limits = Arc::new(middleware::Limits {
-        in_flight: Arc::new(tokio::sync::Semaphore::new(guards.max_in_flight)),
+        admission: middleware::Admission::new(guards.max_in_flight),
         request_timeout: guards.request_timeout,
         metrics: crate::telemetry::HttpMetrics::new(),
         routes: routes::RouteLabels::new(),
+        state: state.clone(),
     });
     tower::Layer::layer(&middleware::ObserveLayer(limits), router(state, &guards))
 }

@@ -12,8 +12,8 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use super::connection::{self, Activity, Timeouts};
-use crate::http::AppState;
 use crate::http::error::ApiError;
+use crate::http::{App, AppState};
 
 pub(super) struct Settings {
     pub timeouts: Timeouts,
@@ -58,7 +58,7 @@ impl Registry {
 
 pub(super) async fn serve(
     listener: TcpListener,
-    router: crate::http::App,
+    app: App,
     state: Arc<AppState>,
     settings: Settings,
     shutdown: impl Future<Output = ()>,
@@ -75,10 +75,10 @@ pub(super) async fn serve(
             refuse(stream, &lingering);
             return;
         };
-        let (router, state, registry) = (router.clone(), state.clone(), registry.clone());
+        let (app, registry) = (app.clone(), registry.clone());
         let timeouts = settings.timeouts;
         tasks.spawn(async move {
-            let end = connection::serve(stream, router, state, activity, timeouts).await;
+            let end = connection::serve(stream, app, activity, timeouts).await;
             registry.remove(id);
             metrics::counter!("http_connections_closed_total", "reason" => end.label()).increment(1);
         });

@@ -1,6 +1,7 @@
 //! One client connection: what it is doing (fresh, idle, sending a head, busy), the timeouts
 //! that follow from that, and the service wrapper that keeps it up to date.
 
+use std::cell::RefCell;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
@@ -8,17 +9,18 @@ use std::sync::{Arc, OnceLock};
 use std::task::Poll;
 use std::time::Duration;
 
-use axum::http::{HeaderValue, Request, Version, header};
+use axum::body::Body;
+use axum::http::Request;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::Instant;
-use tower::ServiceExt;
+use tower::Service;
 
 use super::refusals::ConnectionIo;
-use crate::http::AppState;
+use crate::http::App;
 
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Timeouts {
@@ -171,28 +173,17 @@ impl Drop for InFlight {
 }
 
 /// Serves one HTTP/1.1 connection until it ends, times out or is evicted.
-pub(super) async fn serve(
-    stream: TcpStream,
-    router: crate::http::App,
-    state: Arc<AppState>,
-    activity: Arc<Activity>,
-    timeouts: Timeouts,
-) -> End {
+pub(super) async fn serve(stream: TcpStream, app: App, activity: Arc<Activity>, timeouts: Timeouts) -> End {
     let service_activity = activity.clone();
+    // The connection's own copy of the application, called in place: cloning it per request
+    // (two reference counts, shared by every connection) cost more than the call.
+    let app = RefCell::new(app);
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
         let in_flight = InFlight::new(service_activity.clone());
-        let (router, state) = (router.clone(), state.clone());
+        // No `poll_ready` first: the application is always ready (axum's router and `Observe`).
+        let routed = app.borrow_mut().call(request.map(Body::new));
         async move {
-            let http11 = request.version() == Version::HTTP_11;
-            let mut response = router
-                .oneshot(request.map(axum::body::Body::new))
-                .await
-                .unwrap_or_else(|never: Infallible| match never {});
-            // Draining: tell the client not to reuse this connection. The client closes it after
-            // reading this answer, so the close can never cross a request it is sending.
-            if http11 && state.draining.load(Ordering::Relaxed) {
-                response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
-            }
+            let response = routed.await.unwrap_or_else(|never: Infallible| match never {});
             Ok::<_, Infallible>(response.map(move |body| {
                 body.map_frame(move |frame| {
                     let _busy_until_the_body_ends = &in_flight;

@@ -1,5 +1,5 @@
 use std::collections::HashMap;
-use std::sync::RwLock;
+use std::sync::{Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use axum::http::Method;
@@ -9,22 +9,39 @@ use metrics::{Counter, Gauge, Histogram};
 /// metric up in the recorder hashes and compares its labels, ~6,000 instructions a request.
 pub struct HttpMetrics {
     in_flight: Gauge,
-    /// Scanned in order: a few dozen entries at most (the router's routes, or "unmatched", times
-    /// the statuses they answer), where comparing the status first beats hashing the route.
-    handles: RwLock<Vec<RequestHandles>>,
+    /// Scanned in order, without a lock (a read lock writes its reader count, a cache line every
+    /// request on every core would share): a few dozen entries at most (the router's routes, or
+    /// "unmatched", times the statuses they answer), where comparing the status first beats
+    /// hashing the route. Filled in order under `adding`.
+    handles: [OnceLock<RequestHandles>; CACHED_HANDLES],
+    adding: Mutex<()>,
 }
+
+/// Beyond this many (route, method, status) combinations, the rest are looked up every time.
+const CACHED_HANDLES: usize = 64;
 
 struct RequestHandles {
     status: u16,
     method: &'static str,
-    route: Box<str>,
+    route: &'static str,
     count: Counter,
     duration: Histogram,
 }
 
 impl RequestHandles {
+    fn new(method: &'static str, route: &'static str, status: u16) -> Self {
+        let labels = [("method", method.to_owned()), ("route", route.to_owned()), ("status", status.to_string())];
+        Self {
+            status,
+            method,
+            route,
+            count: metrics::counter!("http_requests_total", &labels),
+            duration: metrics::histogram!("http_request_duration_seconds", &labels),
+        }
+    }
+
     fn is(&self, status: u16, method: &str, route: &str) -> bool {
-        self.status == status && self.method == method && *self.route == *route
+        self.status == status && self.method == method && self.route == route
     }
 
     fn record(&self, seconds: f64) {
@@ -36,33 +53,32 @@ impl RequestHandles {
 impl HttpMetrics {
     /// Registers with the recorder installed now (none: every handle is a no-op).
     pub fn new() -> Self {
-        Self { in_flight: metrics::gauge!("http_requests_in_flight"), handles: RwLock::default() }
+        Self {
+            in_flight: metrics::gauge!("http_requests_in_flight"),
+            handles: std::array::from_fn(|_| OnceLock::new()),
+            adding: Mutex::new(()),
+        }
     }
 
-    pub fn record(&self, method: &Method, route: &str, status: u16, latency: Duration) {
+    pub fn record(&self, method: &Method, route: &'static str, status: u16, latency: Duration) {
         let method = static_method(method);
         let seconds = latency.as_secs_f64();
-        if let Ok(handles) = self.handles.read()
-            && let Some(found) = handles.iter().find(|h| h.is(status, method, route))
-        {
+        let cached =
+            |status, method, route| self.handles.iter().map_while(OnceLock::get).find(|h| h.is(status, method, route));
+        if let Some(found) = cached(status, method, route) {
             found.record(seconds);
             return;
         }
-        let mut handles = self.handles.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(found) = handles.iter().find(|h| h.is(status, method, route)) {
+        let _adding = self.adding.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(found) = cached(status, method, route) {
             found.record(seconds);
             return;
         }
-        let labels = [("method", method.to_owned()), ("route", route.to_owned()), ("status", status.to_string())];
-        let added = RequestHandles {
-            status,
-            method,
-            route: route.into(),
-            count: metrics::counter!("http_requests_total", &labels),
-            duration: metrics::histogram!("http_request_duration_seconds", &labels),
-        };
+        let added = RequestHandles::new(method, route, status);
         added.record(seconds);
-        handles.push(added);
+        if let Some(free) = self.handles.iter().find(|slot| slot.get().is_none()) {
+            let _ = free.set(added);
+        }
     }
 
     /// Counts a request in the in-flight gauge for as long as the guard lives.
