@@ -99,8 +99,13 @@ pub async fn expect_problem(response: reqwest::Response, status: u16, code: &str
     assert_eq!(response.status().as_u16(), status, "status");
     let content_type = response.headers().get("content-type").expect("content type").to_str().unwrap().to_owned();
     assert_eq!(content_type, "application/problem+json");
+    // A complete document with its length, never chunked (proxies and clients rely on it).
+    let length = response.headers().get("content-length").expect("a problem is sent with its length");
+    let length: usize = length.to_str().unwrap().parse().unwrap();
     let header_id = response.headers().get("x-request-id").expect("x-request-id").to_str().unwrap().to_owned();
-    let body: serde_json::Value = response.json().await.expect("problem body is JSON");
+    let bytes = response.bytes().await.expect("problem body");
+    assert_eq!(bytes.len(), length, "Content-Length is the body's length");
+    let body: serde_json::Value = serde_json::from_slice(&bytes).expect("problem body is JSON");
     assert_eq!(problem_document_defect(status, &body), None);
     assert_eq!(body["code"], code, "{body}");
     assert_eq!(body["request_id"], header_id.as_str(), "problem carries the request id");
