@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use axum::body::HttpBody;
 use axum::extract::Request;
 use axum::http::{HeaderValue, Method, StatusCode, Version, header};
 use axum::response::{IntoResponse, Response};
@@ -178,14 +177,6 @@ fn request_span(method: &Method, route: &str, id: &RequestId) -> tracing::Span {
 fn finish(limits: &Limits, request: Observed, mut response: Response) -> Response {
     let Observed { started, id, method, http11, route, span } = request;
     response.headers_mut().insert(&X_REQUEST_ID, id.header_value());
-    // The router gives its answers a length; those made here (503s, problem replacements) come
-    // after it, and the connection's body wrapper hides their size from hyper, which would send
-    // them chunked. A problem is a complete document: it goes with its length.
-    if !response.headers().contains_key(header::CONTENT_LENGTH)
-        && let Some(length) = response.body().size_hint().exact()
-    {
-        response.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(length));
-    }
     // Draining: tell the client not to reuse this connection. The client closes it after reading
     // this answer, so the close can never cross a request it is sending.
     if http11 && limits.state.draining.load(Ordering::Relaxed) {

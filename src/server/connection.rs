@@ -184,10 +184,12 @@ pub(super) async fn serve(stream: TcpStream, app: App, activity: Arc<Activity>, 
         let routed = app.borrow_mut().call(request.map(Body::new));
         async move {
             let response = routed.await.unwrap_or_else(|never: Infallible| match never {});
+            // The guard rides in a wrapper that keeps the body's size hint (`map_frame` hides it),
+            // so hyper sends a body of known size with its length, never chunked.
             Ok::<_, Infallible>(response.map(move |body| {
-                body.map_frame(move |frame| {
+                body.map_err(move |error| {
                     let _busy_until_the_body_ends = &in_flight;
-                    frame
+                    error
                 })
             }))
         }

@@ -63,14 +63,13 @@ impl HttpMetrics {
     pub fn record(&self, method: &Method, route: &'static str, status: u16, latency: Duration) {
         let method = static_method(method);
         let seconds = latency.as_secs_f64();
-        let cached =
-            |status, method, route| self.handles.iter().map_while(OnceLock::get).find(|h| h.is(status, method, route));
-        if let Some(found) = cached(status, method, route) {
+        let cached = || self.handles.iter().map_while(OnceLock::get).find(|h| h.is(status, method, route));
+        if let Some(found) = cached() {
             found.record(seconds);
             return;
         }
         let _adding = self.adding.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(found) = cached(status, method, route) {
+        if let Some(found) = cached() {
             found.record(seconds);
             return;
         }
