@@ -9,6 +9,8 @@ use unicode_security::MixedScript;
 pub const MAX_LOCAL_CHARS: usize = 64;
 pub const MAX_TOTAL_CHARS: usize = 254;
 const MAX_LABEL_CHARS: usize = 63;
+/// A domain name's longest text form (RFC 1035's 255 octets on the wire).
+const MAX_DOMAIN_BYTES: usize = 253;
 
 /// An email address: trimmed, the local part NFC as sent, the domain in its UTS #46 Unicode form
 /// (lowercase; fullwidth letters and punycode labels read as the letters they stand for).
@@ -51,6 +53,14 @@ pub enum EmailError {
 
 impl Email {
     pub fn parse(raw: &str) -> Result<Self, EmailError> {
+        match Self::plain_ascii(raw) {
+            Some(email) => Ok(email),
+            None => Self::parse_general(raw),
+        }
+    }
+
+    /// Every rule, for any text.
+    fn parse_general(raw: &str) -> Result<Self, EmailError> {
         let normalized = super::to_nfc(raw.trim());
         if normalized.is_empty() {
             return Err(EmailError::Empty);
@@ -80,14 +90,45 @@ impl Email {
         Ok(Self { address, key })
     }
 
+    /// The address when it is plain ASCII and certainly valid (nearly every address), checked
+    /// byte by byte; `None` leaves it to the general rules, which also name what is
+    /// wrong. For ASCII, NFC, UTS #46 and case folding are lowercasing and the Unicode checks
+    /// have nothing to find: the general path cost ~5,000 instructions of a POST /user, this one
+    /// a tenth (a test holds the two equal wherever this one answers).
+    fn plain_ascii(raw: &str) -> Option<Self> {
+        let trimmed = raw.trim();
+        let (local, domain) = trimmed.rsplit_once('@')?;
+        let local_ok = local.len() <= MAX_LOCAL_CHARS
+            && local.split('.').all(|atom| !atom.is_empty() && atom.bytes().all(is_ascii_atext));
+        let domain_ok = trimmed.len() <= MAX_TOTAL_CHARS && domain.len() <= MAX_DOMAIN_BYTES && {
+            let mut labels = domain.rsplit('.');
+            let tld = labels.next()?;
+            let mut rest = labels.peekable();
+            rest.peek().is_some()
+                && !tld.is_empty()
+                && tld.len() <= MAX_LABEL_CHARS
+                && tld.bytes().all(|b| b.is_ascii_alphabetic())
+                && rest.all(is_plain_ascii_label)
+        };
+        if !(local_ok && domain_ok) {
+            return None;
+        }
+        let domain = domain.to_ascii_lowercase();
+        Some(Self { address: join_at(local, &domain), key: join_at(&local.to_ascii_lowercase(), &domain) })
+    }
+
     pub fn as_str(&self) -> &str {
         &self.address
     }
 
+    pub fn into_address(self) -> String {
+        self.address
+    }
+
     /// The identity shared by every spelling of this address (case, width, compatibility
     /// characters, IDN or punycode domain).
-    pub fn key(&self) -> String {
-        self.key.clone()
+    pub fn key(&self) -> &str {
+        &self.key
     }
 }
 
@@ -142,6 +183,19 @@ fn validate_local(local: &str) -> Result<(), EmailError> {
         return Err(EmailError::MixedScriptLocal);
     }
     Ok(())
+}
+
+fn is_ascii_atext(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+/=?^_`{|}~-".contains(&b)
+}
+
+/// 1–63 letters, digits and inner hyphens, and no punycode (`xn--`, which decodes to Unicode).
+fn is_plain_ascii_label(label: &str) -> bool {
+    (1..=MAX_LABEL_CHARS).contains(&label.len())
+        && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && !label.starts_with('-')
+        && !label.ends_with('-')
+        && !label.get(..4).is_some_and(|prefix| prefix.eq_ignore_ascii_case("xn--"))
 }
 
 fn is_atext(c: char) -> bool {
@@ -354,6 +408,33 @@ mod tests {
         }
 
         #[test]
+        fn the_plain_ascii_shortcut_agrees_with_the_general_rules(
+            raw in prop_oneof![
+                " ?[!-~]{1,30}@[!-~]{1,30} ?",
+                "[a-zA-Z0-9.+_-]{1,70}@([a-zA-Z0-9-]{0,12}\\.){0,4}[a-zA-Z0-9-]{0,12}",
+                "[a-z]{60,70}@[a-z]{1,5}\\.[a-z]{2,3}",
+                "\\.?[a-z]{1,5}(\\.\\.?[a-z]{1,5}){0,2}\\.?@[a-z]{1,5}\\.[a-z]{2,3}",
+                "[a-z]{1,9}@[a-zA-Z0-9-]{60,66}\\.[a-zA-Z]{2,3}",
+                "[a-z]{1,9}@(xn|XN|Xn)--[a-z0-9]{2,8}(-[a-z]{3})?\\.[a-z]{2,3}",
+                "[a-z]{1,60}@([a-z]{40,63}\\.){3,5}[a-z]{2,3}",
+            ],
+        ) {
+            if let Some(email) = Email::plain_ascii(&raw) {
+                prop_assert_eq!(Email::parse_general(&raw), Ok(email));
+            }
+        }
+
+        #[test]
+        fn plain_ascii_addresses_take_the_shortcut(
+            local in "[a-zA-Z0-9_+-]{1,20}(\\.[a-zA-Z0-9_+-]{1,10}){0,2}",
+            labels in prop::collection::vec("[a-wyzA-WYZ0-9]([a-zA-Z0-9-]{0,10}[a-zA-Z0-9])?", 1..4),
+            tld in "[a-zA-Z]{2,6}",
+        ) {
+            let raw = format!("{local}@{}.{tld}", labels.join("."));
+            prop_assert!(Email::plain_ascii(&raw).is_some());
+        }
+
+        #[test]
         fn a_parsed_email_is_stable_and_well_formed(raw in "\\PC{0,300}") {
             if let Ok(email) = Email::parse(&raw) {
                 let s = email.as_str();
@@ -381,7 +462,7 @@ mod tests {
         fn a_parsed_key_is_the_stored_address_key(raw in "\\PC{0,80}|[a-zA-Z\u{212A}\u{17F}\u{FF21}-\u{FF3A}\u{FF41}-\u{FF5A}]{1,10}@[a-zA-Z\u{FF41}-\u{FF5A}äöüßé]{1,10}\\.(com|de|рф)") {
             if let Ok(email) = Email::parse(&raw) {
                 prop_assert_eq!(email_key(email.as_str()), email.key());
-                let key_of_key = Email::parse(&email.key()).map(|k| k.key());
+                let key_of_key = Email::parse(email.key()).map(|k| k.key().to_owned());
                 prop_assert!(key_of_key.is_err() || key_of_key.unwrap() == email.key(), "the key is a fixed point");
             }
         }

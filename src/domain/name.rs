@@ -51,6 +51,10 @@ impl UserName {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    pub fn into_string(self) -> String {
+        self.0
+    }
 }
 
 /// The letters of an ASCII name, which has no invisible characters and no marks: every character

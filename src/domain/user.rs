@@ -9,6 +9,13 @@ pub struct NewUser {
     pub email: Email,
 }
 
+impl NewUser {
+    /// The user as stored with `id` at `created_at`, keeping these strings.
+    pub fn into_user(self, id: i64, created_at: OffsetDateTime) -> User {
+        User { id, name: self.name.into_string(), email: self.email.into_address(), created_at }
+    }
+}
+
 /// A stored user. How it is written on the wire is the HTTP layer's concern (`http::user_json`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct User {

@@ -73,7 +73,7 @@ pub(super) async fn create_user(
 ) -> Result<Response, ApiError> {
     let Some(key) = key else {
         let user = state.store.create(new_user).await?;
-        let location = HeaderValue::from_str(&format!("/users/{}", user.id)).expect("an id is a valid header");
+        let location = HeaderValue::try_from(format!("/users/{}", user.id)).expect("an id is a valid header");
         return Ok(
             (StatusCode::CREATED, [(header::LOCATION, location)], json_body(created_body(&user))).into_response()
         );

@@ -112,7 +112,7 @@ fn take_batch(first: WriteJob, jobs: &mut mpsc::Receiver<WriteJob>) -> Vec<Write
 async fn insert_batch(pool: &Pool, batch: Vec<WriteJob>) {
     let started = Instant::now();
     let start_by = batch.iter().map(|job| job.deadline).min().expect("a batch is never empty");
-    let keys: Vec<String> = batch.iter().map(|job| job.user.email.key()).collect();
+    let keys: Vec<String> = batch.iter().map(|job| job.user.email.key().to_owned()).collect();
     let names: Vec<&str> = batch.iter().map(|job| job.user.name.as_str()).collect();
     let emails: Vec<&str> = batch.iter().map(|job| job.user.email.as_str()).collect();
 

@@ -87,7 +87,8 @@ impl Job {
 
 /// A job's result inside the batch's transaction, sent once the commit succeeded.
 enum JobResult {
-    Plain(Result<User, StoreError>),
+    /// The new user's id.
+    Plain(Result<i64, StoreError>),
     Keyed(Result<KeyedOutcome, StoreError>),
 }
 
@@ -458,20 +459,20 @@ fn commit_batch(conn: &Connection, batch: &mut Vec<Job>, retention: Duration) {
             let mut insert_user = |user: &NewUser| {
                 insert
                     .execute(params![user.name.as_str(), user.email.as_str(), user.email.key(), stored_created_at])
-                    .map(|_| User {
-                        id: tx.last_insert_rowid(),
-                        name: user.name.as_str().to_owned(),
-                        email: user.email.as_str().to_owned(),
-                        created_at,
-                    })
+                    .map(|_| tx.last_insert_rowid())
                     .map_err(map_error)
             };
             for job in &jobs {
                 results.push(match job {
                     Job::Plain(job) => JobResult::Plain(insert_user(&job.user)),
-                    Job::Keyed(job, keyed) => {
-                        JobResult::Keyed(insert_keyed(&tx, keyed, retention, || insert_user(&job.user)))
-                    }
+                    Job::Keyed(job, keyed) => JobResult::Keyed(insert_keyed(&tx, keyed, retention, || {
+                        insert_user(&job.user).map(|id| User {
+                            id,
+                            name: job.user.name.as_str().to_owned(),
+                            email: job.user.email.as_str().to_owned(),
+                            created_at,
+                        })
+                    })),
                 });
             }
         }
@@ -483,8 +484,9 @@ fn commit_batch(conn: &Connection, batch: &mut Vec<Job>, retention: Duration) {
         Ok(results) => {
             for (job, result) in jobs.into_iter().zip(results) {
                 match (job, result) {
-                    (Job::Plain(job), JobResult::Plain(result)) => {
-                        let _ = job.reply.send(result);
+                    (Job::Plain(job), JobResult::Plain(id)) => {
+                        // The request's own strings become the stored user's: no copy.
+                        let _ = job.reply.send(id.map(|id| job.user.into_user(id, created_at)));
                     }
                     (Job::Keyed(job, _), JobResult::Keyed(result)) => {
                         let _ = job.reply.send(result);
