@@ -113,8 +113,11 @@ impl Email {
         if !(local_ok && domain_ok) {
             return None;
         }
-        let domain = domain.to_ascii_lowercase();
-        Some(Self { address: join_at(local, &domain), key: join_at(&local.to_ascii_lowercase(), &domain) })
+        let mut address = join_at(local, domain);
+        address[local.len() + 1..].make_ascii_lowercase();
+        // The local part lowercased and the lowercase domain: the whole address lowercased.
+        let key = address.to_ascii_lowercase();
+        Some(Self { address, key })
     }
 
     pub fn as_str(&self) -> &str {

@@ -8,16 +8,18 @@ pub use email::{Email, EmailError, email_key};
 pub use name::{UserName, UserNameError};
 pub use user::{NewUser, User, UserRef};
 
+use std::borrow::Cow;
+
 use icu_properties::CodePointSetData;
 use icu_properties::props::{BidiControl, DefaultIgnorableCodePoint};
 use unicode_normalization::{IsNormalized, UnicodeNormalization, is_nfc_quick};
 
 /// `text` in NFC. Most input already is: the quick check confirms it without rebuilding the
-/// string through decomposition and recomposition (~6% of a POST under callgrind).
-fn to_nfc(text: &str) -> String {
+/// string through decomposition and recomposition (~6% of a POST under callgrind), nor copying it.
+fn to_nfc(text: &str) -> Cow<'_, str> {
     match is_nfc_quick(text.chars()) {
-        IsNormalized::Yes => text.to_owned(),
-        IsNormalized::No | IsNormalized::Maybe => text.nfc().collect(),
+        IsNormalized::Yes => Cow::Borrowed(text),
+        IsNormalized::No | IsNormalized::Maybe => Cow::Owned(text.nfc().collect()),
     }
 }
 
