@@ -58,9 +58,15 @@ fn is_json(content_type: Option<&header::HeaderValue>) -> bool {
     let Some(value) = content_type.and_then(|v| v.to_str().ok()) else {
         return false;
     };
-    let essence = value.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let essence = value.split(';').next().unwrap_or("").trim();
+    let ends_with = |text: &str, suffix: &str| {
+        text.len() >= suffix.len()
+            && text.as_bytes()[text.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
+    };
     match essence.split_once('/') {
-        Some(("application", subtype)) => subtype == "json" || subtype.ends_with("+json"),
+        Some((kind, subtype)) if kind.eq_ignore_ascii_case("application") => {
+            subtype.eq_ignore_ascii_case("json") || ends_with(subtype, "+json")
+        }
         _ => false,
     }
 }
@@ -301,6 +307,10 @@ mod tests {
         assert!(check("application/json"));
         assert!(check("Application/JSON; charset=utf-8"));
         assert!(check("application/merge-patch+json"));
+        assert!(check("APPLICATION/Problem+JSON"));
+        assert!(!check("application/jsonx"));
+        assert!(!check("application/json+x"));
+        assert!(!check("application/+jsoń"));
         assert!(!check("text/plain"));
         assert!(!check("application/x-www-form-urlencoded"));
         assert!(!check("json"));

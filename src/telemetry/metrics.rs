@@ -1,5 +1,4 @@
-use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock, RwLock};
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use axum::http::Method;
@@ -9,12 +8,40 @@ use metrics::{Counter, Gauge, Histogram};
 /// metric up in the recorder hashes and compares its labels, ~6,000 instructions a request.
 pub struct HttpMetrics {
     in_flight: Gauge,
-    /// Scanned in order, without a lock (a read lock writes its reader count, a cache line every
-    /// request on every core would share): a few dozen entries at most (the router's routes, or
-    /// "unmatched", times the statuses they answer), where comparing the status first beats
-    /// hashing the route. Filled in order under `adding`.
-    handles: [OnceLock<RequestHandles>; CACHED_HANDLES],
+    /// A few dozen entries at most (the router's routes, or "unmatched", times the statuses
+    /// they answer), where comparing the status first beats hashing the route.
+    handles: HandleCache<RequestHandles, CACHED_HANDLES>,
+}
+
+/// Metric handles found by their labels without a lock: scanned in order (a read lock writes
+/// its reader count, a cache line every request on every core would share), filled in order
+/// under `adding`. Beyond `N` entries, the rest are looked up in the recorder every time.
+struct HandleCache<T, const N: usize> {
+    slots: [OnceLock<T>; N],
     adding: Mutex<()>,
+}
+
+impl<T, const N: usize> HandleCache<T, N> {
+    const fn new() -> Self {
+        Self { slots: [const { OnceLock::new() }; N], adding: Mutex::new(()) }
+    }
+
+    /// Hands `record` the cached entry that `is_it` picks, or a new one from `make`.
+    fn record(&self, is_it: impl Fn(&T) -> bool, make: impl FnOnce() -> T, record: impl FnOnce(&T)) {
+        let cached = || self.slots.iter().map_while(OnceLock::get).find(|entry| is_it(entry));
+        if let Some(found) = cached() {
+            return record(found);
+        }
+        let _adding = self.adding.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(found) = cached() {
+            return record(found);
+        }
+        let added = make();
+        record(&added);
+        if let Some(free) = self.slots.iter().find(|slot| slot.get().is_none()) {
+            let _ = free.set(added);
+        }
+    }
 }
 
 /// Beyond this many (route, method, status) combinations, the rest are looked up every time.
@@ -53,31 +80,17 @@ impl RequestHandles {
 impl HttpMetrics {
     /// Registers with the recorder installed now (none: every handle is a no-op).
     pub fn new() -> Self {
-        Self {
-            in_flight: metrics::gauge!("http_requests_in_flight"),
-            handles: std::array::from_fn(|_| OnceLock::new()),
-            adding: Mutex::new(()),
-        }
+        Self { in_flight: metrics::gauge!("http_requests_in_flight"), handles: HandleCache::new() }
     }
 
     pub fn record(&self, method: &Method, route: &'static str, status: u16, latency: Duration) {
         let method = static_method(method);
         let seconds = latency.as_secs_f64();
-        let cached = || self.handles.iter().map_while(OnceLock::get).find(|h| h.is(status, method, route));
-        if let Some(found) = cached() {
-            found.record(seconds);
-            return;
-        }
-        let _adding = self.adding.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(found) = cached() {
-            found.record(seconds);
-            return;
-        }
-        let added = RequestHandles::new(method, route, status);
-        added.record(seconds);
-        if let Some(free) = self.handles.iter().find(|slot| slot.get().is_none()) {
-            let _ = free.set(added);
-        }
+        self.handles.record(
+            |h| h.is(status, method, route),
+            || RequestHandles::new(method, route, status),
+            |h| h.record(seconds),
+        );
     }
 
     /// Counts a request in the in-flight gauge for as long as the guard lives.
@@ -176,23 +189,16 @@ pub fn metrics_router(pool_status: impl Fn() -> PoolStatus + Clone + Send + Sync
 }
 
 pub fn record_query(operation: &'static str, backend: &'static str, latency: Duration) {
-    // Handles cached as in `HttpMetrics`: a labelled lookup in the recorder costs thousands of
+    // Cached as in `HttpMetrics`: a labelled lookup in the recorder costs thousands of
     // instructions. Created at first use, after the recorder is installed.
-    type ByLabels = HashMap<(&'static str, &'static str), Histogram>;
-    static HANDLES: std::sync::OnceLock<RwLock<ByLabels>> = std::sync::OnceLock::new();
-    let handles = HANDLES.get_or_init(RwLock::default);
-    let key = (operation, backend);
-    if let Ok(cached) = handles.read()
-        && let Some(histogram) = cached.get(&key)
-    {
-        histogram.record(latency.as_secs_f64());
-        return;
-    }
-    let mut handles = handles.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-    handles
-        .entry(key)
-        .or_insert_with(
-            || metrics::histogram!("db_query_duration_seconds", "operation" => operation, "backend" => backend),
-        )
-        .record(latency.as_secs_f64());
+    static HANDLES: HandleCache<(&str, &str, Histogram), 32> = HandleCache::new();
+    HANDLES.record(
+        |(cached_operation, cached_backend, _)| *cached_operation == operation && *cached_backend == backend,
+        || {
+            let histogram =
+                metrics::histogram!("db_query_duration_seconds", "operation" => operation, "backend" => backend);
+            (operation, backend, histogram)
+        },
+        |(_, _, histogram)| histogram.record(latency.as_secs_f64()),
+    );
 }
