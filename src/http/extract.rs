@@ -176,11 +176,11 @@ impl<'de> Deserialize<'de> for CreateBody<'de> {
 
             fn visit_map<A: MapAccess<'de>>(self, mut members: A) -> Result<Self::Value, A::Error> {
                 let mut body = CreateBody::default();
-                while let Some(member) = members.next_key::<Cow<'de, str>>()? {
-                    match member.as_ref() {
-                        "name" => body.name = Some(members.next_value()?),
-                        "email" => body.email = Some(members.next_value()?),
-                        _ => {
+                while let Some(member) = members.next_key::<Member>()? {
+                    match member {
+                        Member::Name => body.name = Some(members.next_value()?),
+                        Member::Email => body.email = Some(members.next_value()?),
+                        Member::Other => {
                             members.next_value::<IgnoredAny>()?;
                         }
                     }
@@ -189,6 +189,35 @@ impl<'de> Deserialize<'de> for CreateBody<'de> {
             }
         }
         deserializer.deserialize_map(Members)
+    }
+}
+
+/// A member's name, matched without copying it.
+enum Member {
+    Name,
+    Email,
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Member {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Key;
+        impl Visitor<'_> for Key {
+            type Value = Member;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a member name")
+            }
+
+            fn visit_str<E>(self, name: &str) -> Result<Member, E> {
+                Ok(match name {
+                    "name" => Member::Name,
+                    "email" => Member::Email,
+                    _ => Member::Other,
+                })
+            }
+        }
+        deserializer.deserialize_identifier(Key)
     }
 }
 
@@ -277,9 +306,9 @@ mod tests {
 
     #[test]
     fn members_are_read_as_json_defines_them() {
-        // Escapes, a repeated member (the last counts) and nested values elsewhere.
+        // Escapes in a member name and a value, a repeated member (the last counts), nested values.
         let user = parse_new_user(
-            br#"{"name":"X","extra":{"a":[1,{"b":null}]},"name":"\u0041da L\u00f6we","email":"ada@example.com"}"#,
+            br#"{"name":"X","extra":{"a":[1,{"b":null}]},"n\u0061me":"\u0041da L\u00f6we","email":"ada@example.com"}"#,
         )
         .unwrap();
         assert_eq!(user.name.as_str(), "Ada Löwe");
