@@ -100,16 +100,12 @@ impl Email {
         let (local, domain) = trimmed.rsplit_once('@')?;
         let local_ok = local.len() <= MAX_LOCAL_CHARS
             && local.split('.').all(|atom| !atom.is_empty() && atom.bytes().all(is_ascii_atext));
-        let domain_ok = trimmed.len() <= MAX_TOTAL_CHARS && domain.len() <= MAX_DOMAIN_BYTES && {
-            let mut labels = domain.rsplit('.');
-            let tld = labels.next()?;
-            let mut rest = labels.peekable();
-            rest.peek().is_some()
-                && !tld.is_empty()
-                && tld.len() <= MAX_LABEL_CHARS
-                && tld.bytes().all(|b| b.is_ascii_alphabetic())
-                && rest.all(is_plain_ascii_label)
-        };
+        let (labels, tld) = domain.rsplit_once('.')?;
+        let domain_ok = trimmed.len() <= MAX_TOTAL_CHARS
+            && domain.len() <= MAX_DOMAIN_BYTES
+            && is_plain_ascii_label(tld)
+            && tld.bytes().all(|b| b.is_ascii_alphabetic())
+            && labels.split('.').all(is_plain_ascii_label);
         if !(local_ok && domain_ok) {
             return None;
         }
@@ -202,7 +198,7 @@ fn is_plain_ascii_label(label: &str) -> bool {
 }
 
 fn is_atext(c: char) -> bool {
-    c.is_ascii_alphanumeric() || "!#$%&'*+/=?^_`{|}~-".contains(c) || (!c.is_ascii() && c.is_alphanumeric())
+    if c.is_ascii() { is_ascii_atext(c as u8) } else { c.is_alphanumeric() }
 }
 
 /// UTS #46 mapping (lowercase, width and compatibility folding, punycode decoded). The ASCII
