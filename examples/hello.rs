@@ -5,17 +5,21 @@
 //! - `GET /health`: 200 `{"status":"ok"}`, the HTTP ceiling.
 //! - `GET /users?limit=100`: 100 users held in memory serialised on every request, with the
 //!   `Link` header of a page: the ceiling of the list, what is left once storage costs nothing.
+//! - `POST /user`: the body read as JSON and answered 201 with the user, numbered in memory: the
+//!   ceiling of a create under the same load script, with no validation and no storage.
 //!
 //! `cargo build --release --example hello && BIND_ADDR=127.0.0.1:8001 target/release/examples/hello`
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use axum::extract::State;
-use axum::http::header::{CONTENT_TYPE, LINK};
+use axum::http::StatusCode;
+use axum::http::header::{CONTENT_TYPE, LINK, LOCATION};
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 const PAGE_SIZE: i64 = 100;
@@ -36,6 +40,7 @@ async fn main() {
     let app = Router::new()
         .route("/health", get(health))
         .route("/users", get(list_page))
+        .route("/user", post(create_user))
         .with_state(Arc::new(page_of_users()));
     axum::serve(listener, app).await.expect("serving");
 }
@@ -62,4 +67,19 @@ async fn list_page(State(users): State<Arc<Vec<User>>>) -> impl IntoResponse {
     let body = serde_json::to_vec(users.as_slice()).expect("users serialise");
     let next = format!("</users?limit={PAGE_SIZE}&after={PAGE_SIZE}>; rel=\"next\"");
     ([(CONTENT_TYPE, "application/json".to_owned()), (LINK, next)], body)
+}
+
+#[derive(Deserialize)]
+struct NewUser {
+    name: String,
+    email: String,
+}
+
+static NEXT_ID: AtomicI64 = AtomicI64::new(1);
+
+/// Answers what the service answers, without checking or keeping anything.
+async fn create_user(Json(new): Json<NewUser>) -> impl IntoResponse {
+    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    let user = User { id, name: new.name, email: new.email, created_at: "2026-01-01T00:00:00.000000Z".to_owned() };
+    (StatusCode::CREATED, [(LOCATION, format!("/users/{id}"))], Json(user))
 }

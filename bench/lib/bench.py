@@ -589,8 +589,9 @@ def scenario_post_sqlite(s: Settings, t: Targets) -> dict[str, Any]:
     db = s.run_dir / "post.db"
     migrate_sqlite(db)
     peers = t.peers("post_sqlite", db)
-    res = load_scenario(s, "post_sqlite", {"users-api": t.service("post_sqlite", f"sqlite://{db}"), **peers}, "",
-                        script="post_user.lua")
+    # hello answers the same script from memory: the ceiling of a create, shown beside the target's HTTP one.
+    res = load_scenario(s, "post_sqlite", {"users-api": t.service("post_sqlite", f"sqlite://{db}"),
+                                           "hello": t.hello("post_sqlite"), **peers}, "", script="post_user.lua")
     # Every acknowledged 201 must be a row: the counts prove the load really wrote.
     res["users-api"]["rows_after"] = count_users(db)
     for name, server in peers.items():
