@@ -205,9 +205,13 @@ fn finish(limits: &Limits, request: Observed, mut response: Response) -> Respons
 /// Gives the framework's own client errors (the router's 404/405, an extractor's plain-text
 /// 400 outside our handlers) the contract's problem+json shape, keeping `Allow`.
 fn as_problem(response: Response) -> Response {
+    // The status first: most answers are not client errors, and need no header lookup.
+    if !response.status().is_client_error() {
+        return response;
+    }
     let is_problem =
         response.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(PROBLEM_JSON.as_bytes()));
-    if is_problem || !response.status().is_client_error() {
+    if is_problem {
         return response;
     }
     let replacement = match response.status() {
