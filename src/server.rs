@@ -115,7 +115,11 @@ impl Application {
         let app = app(state.clone(), guards);
         if let Some(metrics_listener) = metrics_listener {
             let pool_state = state.clone();
-            let metrics = crate::telemetry::metrics_router(move || pool_state.store.pool_status());
+            let requests_in_flight = app.requests_in_flight();
+            let metrics = crate::telemetry::metrics_router(move || crate::telemetry::Sampled {
+                pool: pool_state.store.pool_status(),
+                requests_in_flight: requests_in_flight(),
+            });
             tokio::spawn(async move {
                 if let Err(e) = axum::serve(metrics_listener, metrics).await {
                     tracing::error!(error = %e, "metrics listener failed");

@@ -4,6 +4,7 @@
 mod kit;
 
 use kit::app::{Backend, TestApp};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn sample(exposition: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     exposition.lines().filter(|l| !l.starts_with('#')).find_map(|line| {
@@ -63,6 +64,31 @@ async fn counters_match_the_requests_sent_and_metrics_stay_off_the_public_port()
     );
     assert_eq!(sample(&text, "http_requests_in_flight", &[]), Some(0.0));
     assert!(sample(&text, "db_pool_max_connections", &[]).is_some_and(|v| v >= 1.0));
+
+    // In the same test, so that its request is not counted beside another test's: a create whose
+    // body is still arriving is in flight, and no longer once it is answered.
+    let scrape_in_flight = || async {
+        let text = app.client.get(format!("http://{metrics_addr}/metrics")).send().await.unwrap().text().await.unwrap();
+        sample(&text, "http_requests_in_flight", &[])
+    };
+    let body = r#"{"name":"Slow Sender","email":"slow@example.com"}"#;
+    let (head, rest) = body.split_at(10);
+    let mut stream = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let request = format!(
+        "POST /user HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{head}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while scrape_in_flight().await != Some(1.0) {
+        assert!(std::time::Instant::now() < deadline, "the half-sent create never showed in flight");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    stream.write_all(rest.as_bytes()).await.unwrap();
+    let mut answer = vec![0; 1024];
+    let n = stream.read(&mut answer).await.unwrap();
+    assert!(answer[..n].starts_with(b"HTTP/1.1 201"), "{}", String::from_utf8_lossy(&answer[..n]));
+    assert_eq!(scrape_in_flight().await, Some(0.0));
 }
 
 #[test]

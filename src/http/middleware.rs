@@ -34,7 +34,7 @@ pub struct Limits {
 
 /// The in-flight cap (`MAX_IN_FLIGHT`). A count rather than a semaphore: nothing ever waits for
 /// a place (beyond the cap the answer is 503 at once), and a semaphore's release takes its
-/// waiters' lock every time.
+/// waiters' lock every time. The count is also what the `http_requests_in_flight` gauge shows.
 pub struct Admission {
     handling: AtomicUsize,
     max: usize,
@@ -49,6 +49,15 @@ impl Admission {
         self.handling.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| (n < self.max).then_some(n + 1)).is_ok()
     }
 
+    /// Counts a request the cap lets through anyway (liveness).
+    fn enter_beyond_cap(&self) {
+        self.handling.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.handling.load(Ordering::Relaxed)
+    }
+
     fn leave(&self) {
         self.handling.fetch_sub(1, Ordering::Relaxed);
     }
@@ -58,12 +67,12 @@ impl Admission {
 /// once its answer is ready, or when it is dropped unanswered (the client went away).
 struct Place {
     limits: Arc<Limits>,
-    admitted: AtomicBool,
+    counted: AtomicBool,
 }
 
 impl Place {
     fn release(&self) {
-        if self.admitted.swap(false, Ordering::Relaxed) {
+        if self.counted.swap(false, Ordering::Relaxed) {
             self.limits.admission.leave();
         }
     }
@@ -94,6 +103,14 @@ pub struct Observe<S> {
     limits: Arc<Limits>,
 }
 
+impl<S> Observe<S> {
+    /// Reads the requests being handled now, for the in-flight gauge.
+    pub fn requests_in_flight(&self) -> impl Fn() -> usize + Clone + Send + Sync + 'static {
+        let limits = self.limits.clone();
+        move || limits.admission.in_flight()
+    }
+}
+
 impl<S> Service<Request> for Observe<S>
 where
     S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
@@ -115,14 +132,20 @@ where
         let span = request_span(&method, route, &id);
         telemetry::continue_trace(&span, request.headers());
         // Back-pressure: beyond capacity answer at once rather than queue without bound.
-        // Liveness is exempt: an overloaded but healthy task must not be replaced for it.
+        // Liveness is exempt: an overloaded but healthy task must not be replaced for it. It is
+        // still counted in flight.
         let admitted = self.limits.admission.try_enter();
-        let place = Place { limits: self.limits.clone(), admitted: AtomicBool::new(admitted) };
+        let exempt = !admitted && route == routes::HEALTH;
+        if exempt {
+            self.limits.admission.enter_beyond_cap();
+        }
+        let counted = admitted || exempt;
+        let place = Place { limits: self.limits.clone(), counted: AtomicBool::new(counted) };
         let http11 = request.version() == Version::HTTP_11;
         // The inner service is always ready (axum's router) and its future owns what it needs,
         // so it is called here: no clone of it per request. Boxed: the router's future (the
         // request inside) is copied at each wrapping below, ~800 instructions a request unboxed.
-        let routed = (admitted || route == routes::HEALTH).then(|| Box::pin(self.inner.call(request)));
+        let routed = counted.then(|| Box::pin(self.inner.call(request)));
         Box::pin(async move {
             // Futures are built here and awaited once: an async fn taking a future keeps it twice
             // and every layer of wrapping copies it again.
@@ -130,7 +153,6 @@ where
                 let Some(routed) = routed else {
                     return ApiError::Unavailable { retry_after_secs: 1 }.into_response();
                 };
-                let _in_flight = place.limits.metrics.in_flight();
                 let handled = AssertUnwindSafe(routed).catch_unwind();
                 let response = match tokio::time::timeout(place.limits.request_timeout, handled).await {
                     Ok(Ok(Ok(response))) => response,

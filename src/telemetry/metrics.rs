@@ -2,12 +2,13 @@ use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use axum::http::Method;
-use metrics::{Counter, Gauge, Histogram};
+use metrics::{Counter, Histogram};
 
 /// Request metrics, with the handles of each (route, method, status) cached: looking a labelled
 /// metric up in the recorder hashes and compares its labels, ~6,000 instructions a request.
+/// Requests in flight are not counted here: the in-flight cap already counts them, and the
+/// gauge is read from it at each scrape (`Sampled`).
 pub struct HttpMetrics {
-    in_flight: Gauge,
     /// A few dozen entries at most (the router's routes, or "unmatched", times the statuses
     /// they answer), where comparing the status first beats hashing the route.
     handles: HandleCache<RequestHandles, CACHED_HANDLES>,
@@ -80,7 +81,7 @@ impl RequestHandles {
 impl HttpMetrics {
     /// Registers with the recorder installed now (none: every handle is a no-op).
     pub fn new() -> Self {
-        Self { in_flight: metrics::gauge!("http_requests_in_flight"), handles: HandleCache::new() }
+        Self { handles: HandleCache::new() }
     }
 
     pub fn record(&self, method: &Method, route: &'static str, status: u16, latency: Duration) {
@@ -92,25 +93,11 @@ impl HttpMetrics {
             |h| h.record(seconds),
         );
     }
-
-    /// Counts a request in the in-flight gauge for as long as the guard lives.
-    pub fn in_flight(&self) -> InFlightGuard<'_> {
-        self.in_flight.increment(1.0);
-        InFlightGuard(&self.in_flight)
-    }
 }
 
 impl Default for HttpMetrics {
     fn default() -> Self {
         Self::new()
-    }
-}
-
-pub struct InFlightGuard<'a>(&'a Gauge);
-
-impl Drop for InFlightGuard<'_> {
-    fn drop(&mut self) {
-        self.0.decrement(1.0);
     }
 }
 
@@ -168,16 +155,25 @@ pub struct PoolStatus {
     pub max: usize,
 }
 
+/// What the gauges show, read from the service at each scrape rather than kept up to date on
+/// every request.
+#[derive(Debug, Clone, Copy)]
+pub struct Sampled {
+    pub pool: PoolStatus,
+    pub requests_in_flight: usize,
+}
+
 /// The router of the private metrics listener: GET /metrics in Prometheus text format, with the
-/// pool gauges read from `pool_status` at each scrape.
-pub fn metrics_router(pool_status: impl Fn() -> PoolStatus + Clone + Send + Sync + 'static) -> axum::Router {
+/// gauges read from `sample` at each scrape.
+pub fn metrics_router(sample: impl Fn() -> Sampled + Clone + Send + Sync + 'static) -> axum::Router {
     use axum::http::header;
     axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
-            let pool_status = pool_status.clone();
+            let sample = sample.clone();
             async move {
-                let pool = pool_status();
+                let Sampled { pool, requests_in_flight } = sample();
+                metrics::gauge!("http_requests_in_flight").set(requests_in_flight as f64);
                 metrics::gauge!("db_pool_connections", "state" => "in_use").set(pool.in_use as f64);
                 metrics::gauge!("db_pool_connections", "state" => "idle").set(pool.idle as f64);
                 metrics::gauge!("db_pool_max_connections").set(pool.max as f64);

@@ -9,6 +9,6 @@ mod traces;
 pub use json_lines::AccessEntry;
 pub use logs::{ACCESS_TARGET, LineFormat, LogGuard, LogSettings, init_logging, log_access};
 pub use metrics::{
-    HttpMetrics, InFlightGuard, PoolStatus, install_metrics_recorder, metrics_router, record_query, record_write_batch,
+    HttpMetrics, PoolStatus, Sampled, install_metrics_recorder, metrics_router, record_query, record_write_batch,
 };
 pub use traces::{SPAN_TARGET, TraceExport, continue_trace, link_to, trace_id, traces_requested};
