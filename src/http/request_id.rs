@@ -6,11 +6,14 @@ use axum::http::{HeaderName, HeaderValue};
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const MAX_LEN: usize = 128;
 
-/// A request id, kept as the header value it is echoed in: the caller's is reused as hyper
-/// parsed it and a generated one is encoded once, so cloning it (for the task-local, the
-/// response header) never copies the text.
+/// A request id. The caller's is kept as the header value hyper parsed (cloning it shares the
+/// bytes); a generated one is kept as its text, copied by value, and becomes a header value
+/// once, on the answer (a header value made from new bytes allocates again at its first clone).
 #[derive(Clone, Debug)]
-pub struct RequestId(HeaderValue);
+pub enum RequestId {
+    Given(HeaderValue),
+    Generated([u8; uuid::fmt::Hyphenated::LENGTH]),
+}
 
 impl RequestId {
     /// The caller's id when it is short printable ASCII (it ends up in logs), a new UUID otherwise.
@@ -19,22 +22,29 @@ impl RequestId {
             .headers()
             .get(&X_REQUEST_ID)
             .filter(|v| !v.is_empty() && v.len() <= MAX_LEN && v.as_bytes().iter().all(u8::is_ascii_graphic))
-            .map_or_else(Self::generate, |v| Self(v.clone()))
+            .map_or_else(Self::generate, |v| Self::Given(v.clone()))
     }
 
     fn generate() -> Self {
         let mut text = [0; uuid::fmt::Hyphenated::LENGTH];
-        let text = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut text);
-        Self(HeaderValue::from_str(text).expect("a UUID is a valid header value"))
+        uuid::Uuid::new_v4().hyphenated().encode_lower(&mut text);
+        Self::Generated(text)
     }
 
     pub fn as_str(&self) -> &str {
         // Only printable ASCII is ever held (checked or generated above).
-        self.0.to_str().unwrap_or("invalid")
+        let text = match self {
+            Self::Given(value) => value.as_bytes(),
+            Self::Generated(text) => text,
+        };
+        std::str::from_utf8(text).unwrap_or("invalid")
     }
 
     pub fn header_value(&self) -> HeaderValue {
-        self.0.clone()
+        match self {
+            Self::Given(value) => value.clone(),
+            Self::Generated(text) => HeaderValue::from_bytes(text).expect("a UUID is a valid header value"),
+        }
     }
 }
 
