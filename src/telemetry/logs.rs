@@ -33,57 +33,94 @@ pub enum LineFormat {
 /// The target of the access log's lines, one per request.
 pub const ACCESS_TARGET: &str = "users_api::access";
 
-/// With JSON lines, access lines wait in one shared buffer that a thread of their own writes
-/// to stdout: a write to the log writer's queue per request woke its thread for each line and
-/// cost more than the rest of a `GET /health`. nginx's `access_log … buffer= flush=`.
+/// With JSON lines, access lines wait in buffers that a thread of their own writes to stdout: a
+/// write to the log writer's queue per request woke its thread for each line and cost more than
+/// the rest of a `GET /health`. nginx's `access_log … buffer= flush=`.
 static ACCESS: OnceLock<&'static AccessBuffer> = OnceLock::new();
 /// A full buffer wakes the access writer at once…
 const ACCESS_BUFFER_BYTES: usize = 32 * 1024;
 /// …and a line waits at most this long (plus a write) before it is written.
 const ACCESS_FLUSH_INTERVAL: Duration = Duration::from_millis(50);
-/// Beyond this much waiting (stdout stalled), requests wait for the writer rather than lines
-/// being dropped or memory growing without bound.
+/// Beyond this much waiting in one buffer (stdout stalled), requests wait for the writer rather
+/// than lines being dropped or memory growing without bound.
 const ACCESS_MAX_WAITING_BYTES: usize = 2 * 1024 * 1024;
+/// One buffer per thread that logs (tokio's workers: one per core), so that two cores never
+/// append to the same memory; threads beyond this share them.
+const ACCESS_SHARDS: usize = 8;
 
-struct AccessBuffer {
+/// The lines of the threads that share it. Aligned apart, so that two shards never share a
+/// cache line.
+#[repr(align(128))]
+struct Shard {
     lines: Mutex<Vec<u8>>,
-    /// Wakes the writer when a buffer's worth waits.
-    full: Condvar,
     /// Wakes requests waiting for room.
     room: Condvar,
 }
 
+struct AccessBuffer {
+    shards: [Shard; ACCESS_SHARDS],
+    /// Set, with `full` notified, when a shard holds a buffer's worth.
+    full_flag: Mutex<bool>,
+    full: Condvar,
+}
+
+thread_local! {
+    /// This thread's shard, handed out in turn at its first line.
+    static SHARD: usize = {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % ACCESS_SHARDS
+    };
+}
+
 impl AccessBuffer {
+    fn new() -> Self {
+        Self {
+            shards: std::array::from_fn(|_| Shard { lines: Mutex::new(Vec::new()), room: Condvar::new() }),
+            full_flag: Mutex::new(false),
+            full: Condvar::new(),
+        }
+    }
+
     fn push(&self, line: &[u8]) {
-        let mut lines = self.lines.lock().unwrap_or_else(PoisonError::into_inner);
+        let shard = &self.shards[SHARD.with(|i| *i)];
+        let mut lines = shard.lines.lock().unwrap_or_else(PoisonError::into_inner);
         while lines.len() >= ACCESS_MAX_WAITING_BYTES {
-            lines = self.room.wait(lines).unwrap_or_else(PoisonError::into_inner);
+            lines = shard.room.wait(lines).unwrap_or_else(PoisonError::into_inner);
         }
         let before = lines.len();
         lines.extend_from_slice(line);
         if before < ACCESS_BUFFER_BYTES && lines.len() >= ACCESS_BUFFER_BYTES {
+            drop(lines);
+            *self.full_flag.lock().unwrap_or_else(PoisonError::into_inner) = true;
             self.full.notify_one();
         }
     }
 
-    /// The lines waiting once a buffer's worth waits or the interval is over; `spare` (empty)
-    /// takes their place, so the two buffers are reused.
-    fn take(&self, spare: Vec<u8>) -> Vec<u8> {
-        let mut lines = self.lines.lock().unwrap_or_else(PoisonError::into_inner);
-        if lines.len() < ACCESS_BUFFER_BYTES {
-            lines = self.full.wait_timeout(lines, ACCESS_FLUSH_INTERVAL).unwrap_or_else(PoisonError::into_inner).0;
+    /// Waits until a shard holds a buffer's worth or the interval is over.
+    fn wait(&self) {
+        let mut full = self.full_flag.lock().unwrap_or_else(PoisonError::into_inner);
+        if !*full {
+            full = self.full.wait_timeout(full, ACCESS_FLUSH_INTERVAL).unwrap_or_else(PoisonError::into_inner).0;
         }
-        let taken = std::mem::replace(&mut *lines, spare);
-        if taken.len() >= ACCESS_MAX_WAITING_BYTES {
-            self.room.notify_all();
+        *full = false;
+    }
+
+    /// The lines waiting in shard `i`, swapped with `spare` (empty), so that buffers are reused.
+    fn take(&self, i: usize, spare: &mut Vec<u8>) {
+        let shard = &self.shards[i];
+        let mut lines = shard.lines.lock().unwrap_or_else(PoisonError::into_inner);
+        std::mem::swap(&mut *lines, spare);
+        if spare.len() >= ACCESS_MAX_WAITING_BYTES {
+            shard.room.notify_all();
         }
-        taken
     }
 
     fn flush(&self) {
-        let waiting = std::mem::take(&mut *self.lines.lock().unwrap_or_else(PoisonError::into_inner));
-        self.room.notify_all();
-        write_lines(&waiting);
+        for i in 0..ACCESS_SHARDS {
+            let mut waiting = Vec::new();
+            self.take(i, &mut waiting);
+            write_lines(&waiting);
+        }
     }
 }
 
@@ -182,19 +219,19 @@ pub fn init_logging(settings: &LogSettings, traces: Option<&TraceExport>) -> Log
 /// the life of the process. Without this thread, access lines stay tracing events.
 fn start_access_writer() {
     // Lives as long as the process, as the thread does.
-    let access: &'static AccessBuffer = Box::leak(Box::new(AccessBuffer {
-        lines: Mutex::new(Vec::with_capacity(ACCESS_BUFFER_BYTES)),
-        full: Condvar::new(),
-        room: Condvar::new(),
-    }));
+    let access: &'static AccessBuffer = Box::leak(Box::new(AccessBuffer::new()));
     let spawned = std::thread::Builder::new().name("access-log".into()).spawn(move || {
-        let mut spare = Vec::with_capacity(ACCESS_BUFFER_BYTES);
+        let mut spares: [Vec<u8>; ACCESS_SHARDS] = std::array::from_fn(|_| Vec::new());
         loop {
-            let mut lines = access.take(spare);
-            write_lines(&lines);
-            lines.clear();
-            lines.shrink_to(2 * ACCESS_BUFFER_BYTES); // after a stall, give the backlog's room back
-            spare = lines;
+            access.wait();
+            // Shard after shard: lines of different threads may be written up to an interval
+            // out of order; each carries its timestamp.
+            for (i, spare) in spares.iter_mut().enumerate() {
+                access.take(i, spare);
+                write_lines(spare);
+                spare.clear();
+                spare.shrink_to(2 * ACCESS_BUFFER_BYTES); // after a stall, give the backlog's room back
+            }
         }
     });
     match spawned {
@@ -218,4 +255,63 @@ where
             .with_location(false)
             .with_tracked_inactivity(false)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+
+    #[test]
+    fn lines_pushed_from_several_threads_are_each_taken_once_and_whole() {
+        const THREADS: usize = 4;
+        const LINES: usize = 5_000;
+        let access = AccessBuffer::new();
+        let pushing = AtomicBool::new(true);
+        let mut taken = Vec::new();
+        std::thread::scope(|scope| {
+            let pushers: Vec<_> = (0..THREADS)
+                .map(|t| {
+                    let access = &access;
+                    scope.spawn(move || {
+                        for n in 0..LINES {
+                            access.push(format!("{{\"thread\":{t},\"n\":{n}}}\n").as_bytes());
+                        }
+                    })
+                })
+                .collect();
+            // The writer's side, taking while the lines arrive.
+            let taker = scope.spawn(|| {
+                let mut all = Vec::new();
+                let mut spare = Vec::new();
+                while pushing.load(Ordering::Relaxed) {
+                    for i in 0..ACCESS_SHARDS {
+                        access.take(i, &mut spare);
+                        all.extend_from_slice(&spare);
+                        spare.clear();
+                    }
+                }
+                all
+            });
+            for pusher in pushers {
+                pusher.join().unwrap();
+            }
+            pushing.store(false, Ordering::Relaxed);
+            taken = taker.join().unwrap();
+        });
+        for i in 0..ACCESS_SHARDS {
+            let mut rest = Vec::new();
+            access.take(i, &mut rest);
+            taken.extend_from_slice(&rest);
+        }
+        let text = String::from_utf8(taken).unwrap();
+        let mut seen = HashSet::new();
+        for line in text.lines() {
+            let line: serde_json::Value = serde_json::from_str(line).expect(line);
+            assert!(seen.insert((line["thread"].as_u64().unwrap(), line["n"].as_u64().unwrap())), "twice: {line}");
+        }
+        assert_eq!(seen.len(), THREADS * LINES);
+    }
 }
