@@ -153,8 +153,17 @@ where
                 let Some(routed) = routed else {
                     return ApiError::Unavailable { retry_after_secs: 1 }.into_response();
                 };
-                let handled = AssertUnwindSafe(routed).catch_unwind();
-                let response = match tokio::time::timeout(place.limits.request_timeout, handled).await {
+                let mut handled = AssertUnwindSafe(routed).catch_unwind();
+                // Polled once before a timer exists: most answers are ready at once, and a timer
+                // takes the runtime's handle (a reference count both cores write) and its wheel.
+                let outcome = match futures_util::poll!(&mut handled) {
+                    Poll::Ready(outcome) => Ok(outcome),
+                    Poll::Pending => {
+                        let deadline = tokio::time::Instant::from_std(started + place.limits.request_timeout);
+                        tokio::time::timeout_at(deadline, handled).await
+                    }
+                };
+                let response = match outcome {
                     Ok(Ok(Ok(response))) => response,
                     Ok(Ok(Err(never))) => match never {},
                     Ok(Err(_panic)) => ApiError::Internal(anyhow::anyhow!("handler panicked")).into_response(),
