@@ -37,7 +37,10 @@ async fn counters_match_the_requests_sent_and_metrics_stay_off_the_public_port()
     // The public port has no /metrics.
     assert_eq!(app.get("/metrics").await.status(), 404);
 
-    let text = app.client.get(format!("http://{metrics_addr}/metrics")).send().await.unwrap().text().await.unwrap();
+    let scrape = || async {
+        app.client.get(format!("http://{metrics_addr}/metrics")).send().await.unwrap().text().await.unwrap()
+    };
+    let text = scrape().await;
     let count = |method: &str, route: &str, status: &str| {
         sample(&text, "http_requests_total", &[("method", method), ("route", route), ("status", status)])
     };
@@ -67,10 +70,7 @@ async fn counters_match_the_requests_sent_and_metrics_stay_off_the_public_port()
 
     // In the same test, so that its request is not counted beside another test's: a create whose
     // body is still arriving is in flight, and no longer once it is answered.
-    let scrape_in_flight = || async {
-        let text = app.client.get(format!("http://{metrics_addr}/metrics")).send().await.unwrap().text().await.unwrap();
-        sample(&text, "http_requests_in_flight", &[])
-    };
+    let scrape_in_flight = || async { sample(&scrape().await, "http_requests_in_flight", &[]) };
     let body = r#"{"name":"Slow Sender","email":"slow@example.com"}"#;
     let (head, rest) = body.split_at(10);
     let mut stream = tokio::net::TcpStream::connect(app.addr).await.unwrap();
