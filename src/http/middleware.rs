@@ -54,7 +54,7 @@ impl Admission {
         self.handling.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn in_flight(&self) -> usize {
+    fn in_flight(&self) -> usize {
         self.handling.load(Ordering::Relaxed)
     }
 
