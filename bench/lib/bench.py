@@ -512,6 +512,8 @@ def load_scenario(s: Settings, tag: str, servers: dict[str, Server], path: str, 
             run_wrk(s, f"http://127.0.0.1:{server.port}{path}", 1, script, [f"w{tag}{name}{os.getpid()}"])
         for rep in range(s.repeats):
             for name, server in servers.items():
+                # The last server's writes are flushed before this one's run, not during it.
+                os.sync()
                 prefix = f"r{rep}{name}{os.getpid()}{int(time.time())}"
                 r = run_wrk(s, f"http://127.0.0.1:{server.port}{path}", s.duration, script, [prefix],
                             tag=f"{tag}-{name}-{rep}")
@@ -520,6 +522,7 @@ def load_scenario(s: Settings, tag: str, servers: dict[str, Server], path: str, 
                     f"p99 {r['p99_ms']:.2f} ms non-2xx {r['non_2xx']} socket errors {r['socket_errors']}")
             if pgbench:
                 pg, schema = pgbench
+                os.sync()
                 r = run_pgbench(s, pg, schema, s.duration, tag=f"{tag}-{rep}")
                 runs["pgbench"].append(r)
                 log(f"  {tag} pgbench #{rep + 1}: {r['rps']:,.0f} tx/s p50 {r['p50_ms']:.2f} ms "
