@@ -97,16 +97,14 @@ impl Email {
     /// a tenth (a test holds the two equal wherever this one answers).
     fn plain_ascii(raw: &str) -> Option<Self> {
         let trimmed = raw.trim();
-        let (local, domain) = trimmed.rsplit_once('@')?;
-        let local_ok = local.len() <= MAX_LOCAL_CHARS
-            && local.split('.').all(|atom| !atom.is_empty() && atom.bytes().all(is_ascii_atext));
-        let (labels, tld) = domain.rsplit_once('.')?;
-        let domain_ok = trimmed.len() <= MAX_TOTAL_CHARS
+        let at = trimmed.bytes().rposition(|b| b == b'@')?;
+        let (local, domain) = (&trimmed[..at], &trimmed[at + 1..]);
+        let ok = trimmed.len() <= MAX_TOTAL_CHARS
+            && local.len() <= MAX_LOCAL_CHARS
             && domain.len() <= MAX_DOMAIN_BYTES
-            && is_plain_ascii_label(tld)
-            && tld.bytes().all(|b| b.is_ascii_alphabetic())
-            && labels.split('.').all(is_plain_ascii_label);
-        if !(local_ok && domain_ok) {
+            && is_plain_dot_atom(local.as_bytes())
+            && is_plain_ascii_domain(domain.as_bytes());
+        if !ok {
             return None;
         }
         let mut address = join_at(local, domain);
@@ -188,13 +186,52 @@ fn is_ascii_atext(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+/=?^_`{|}~-".contains(&b)
 }
 
-/// 1–63 letters, digits and inner hyphens, and no punycode (`xn--`, which decodes to Unicode).
-fn is_plain_ascii_label(label: &str) -> bool {
+/// ASCII atext atoms separated by single dots, in one pass over the bytes.
+fn is_plain_dot_atom(local: &[u8]) -> bool {
+    let mut previous = b'.';
+    for &b in local {
+        if b == b'.' {
+            if previous == b'.' {
+                return false;
+            }
+        } else if !is_ascii_atext(b) {
+            return false;
+        }
+        previous = b;
+    }
+    previous != b'.'
+}
+
+/// Two or more dot-separated labels of 1–63 letters, digits and inner hyphens, none punycode
+/// (`xn--`, which decodes to Unicode), the last letters only: in one pass over the bytes.
+fn is_plain_ascii_domain(domain: &[u8]) -> bool {
+    let mut labels = 0;
+    let mut start = 0;
+    let mut tld_letters_only = true;
+    for (i, &b) in domain.iter().enumerate() {
+        match b {
+            b'.' => {
+                if !is_plain_ascii_label(&domain[start..i]) {
+                    return false;
+                }
+                labels += 1;
+                start = i + 1;
+                tld_letters_only = true;
+            }
+            b'a'..=b'z' | b'A'..=b'Z' => {}
+            b'0'..=b'9' | b'-' => tld_letters_only = false,
+            _ => return false,
+        }
+    }
+    labels >= 1 && tld_letters_only && is_plain_ascii_label(&domain[start..])
+}
+
+/// 1–63 letters, digits and inner hyphens (the caller has checked the characters), not `xn--`.
+fn is_plain_ascii_label(label: &[u8]) -> bool {
     (1..=MAX_LABEL_CHARS).contains(&label.len())
-        && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        && !label.starts_with('-')
-        && !label.ends_with('-')
-        && !label.get(..4).is_some_and(|prefix| prefix.eq_ignore_ascii_case("xn--"))
+        && label[0] != b'-'
+        && label[label.len() - 1] != b'-'
+        && !label.get(..4).is_some_and(|prefix| prefix.eq_ignore_ascii_case(b"xn--"))
 }
 
 fn is_atext(c: char) -> bool {

