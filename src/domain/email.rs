@@ -94,7 +94,7 @@ impl Email {
     /// byte by byte; `None` leaves it to the general rules, which also name what is
     /// wrong. For ASCII, NFC, UTS #46 and case folding are lowercasing and the Unicode checks
     /// have nothing to find: the general path cost ~5,000 instructions of a POST /user, this one
-    /// a tenth (a test holds the two equal wherever this one answers).
+    /// ~1,600 with its two allocations (a test holds the two equal wherever this one answers).
     fn plain_ascii(raw: &str) -> Option<Self> {
         let trimmed = raw.trim();
         let at = trimmed.bytes().rposition(|b| b == b'@')?;

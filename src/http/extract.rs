@@ -338,6 +338,7 @@ mod tests {
     fn json_content_types() {
         let check = |v: &str| is_json(Some(&header::HeaderValue::from_str(v).unwrap()));
         assert!(check("application/json"));
+        assert!(check("Application/Json"));
         assert!(check("Application/JSON; charset=utf-8"));
         assert!(check("application/merge-patch+json"));
         assert!(check("APPLICATION/Problem+JSON"));
