@@ -348,6 +348,10 @@ mod tests {
         assert!(!check("text/plain"));
         assert!(!check("application/x-www-form-urlencoded"));
         assert!(!check("json"));
+        assert!(check("\tapplication/json ; charset=utf-8"));
+        assert!(!check("application /json"));
+        // A byte that is not visible ASCII makes the value unreadable (`to_str`), whatever its media type.
+        assert!(!is_json(Some(&header::HeaderValue::from_bytes(b"application/json; charset=\xff").unwrap())));
         assert!(!is_json(None));
     }
 
