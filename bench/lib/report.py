@@ -44,6 +44,14 @@ class Target:
         return f"{value:.1f} {self.unit}"
 
     @property
+    def measured_text(self) -> str:
+        """The measurement, with one more digit when rounding would make a miss read as the target."""
+        text = self.fmt(self.measured)
+        if not self.met and text == self.fmt(self.required) and self.unit == "x":
+            return f"{self.measured:.3f}×"
+        return text
+
+    @property
     def requirement(self) -> str:
         return ("≥ " if self.higher_is_better else "≤ ") + self.fmt(self.required)
 
@@ -54,7 +62,7 @@ class Target:
         m = self.measured
         if self.higher_is_better:
             pct = (m / self.required - 1) * 100
-            return f"{pct:+.0f}% over the target" if pct >= 0 else f"short by {-pct:.0f}% ({m / self.required:.2f} of the target)"
+            return f"{pct:+.0f}% over the target" if pct >= 0 else f"short by {-pct:.{0 if pct <= -1 else 1}f}% ({m / self.required:.{2 if pct <= -1 else 3}f} of the target)"
         if m <= self.required:
             return f"{(1 - m / self.required) * 100:.0f}% under the limit"
         return f"over by {(m / self.required - 1) * 100:.0f}% ({m / self.required:.1f}× the limit)"
@@ -345,7 +353,7 @@ def targets_table(ts: list[Target]) -> str:
     rows = ["| target | measured | required | status | margin |", "|---|---:|---:|---|---|"]
     for x in ts:
         status = {True: "**met**", False: "**missed**", None: "not measured"}[x.met]
-        measured = "—" if x.met is None else x.fmt(x.measured)
+        measured = "—" if x.met is None else x.measured_text
         rows.append(f"| {x.label} | {measured} | {x.requirement} | {status} | {x.margin} |")
     return "\n".join(rows) + "\n"
 
@@ -518,7 +526,7 @@ def summary(res: dict[str, Any]) -> str:
     lines = ["", "target summary:"]
     for x in targets(res):
         status = {True: "met   ", False: "MISSED", None: "n/a   "}[x.met]
-        measured = "—" if x.met is None else x.fmt(x.measured)
+        measured = "—" if x.met is None else x.measured_text
         lines.append(f"  {status} {x.label}: {measured} (required {x.requirement}; {x.margin})")
     lines.append("lead over the peers:")
     for x in leads(res):
