@@ -103,6 +103,64 @@ async fn half_sent_heads_are_closed_at_the_header_timeout_while_health_keeps_ans
     );
 }
 
+/// One keep-alive request on `stream`; panics unless it is answered 200.
+async fn keepalive_health(stream: &mut TcpStream) {
+    stream.write_all(b"GET /health HTTP/1.1\r\nHost: keepalive\r\n\r\n").await.expect("send a request");
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !answer.ends_with(b"{\"status\":\"ok\"}") {
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut chunk))
+            .await
+            .expect("an answer within 5 s")
+            .expect("read the answer");
+        assert!(n > 0, "closed while a request was waiting: {}", String::from_utf8_lossy(&answer));
+        answer.extend_from_slice(&chunk[..n]);
+    }
+    assert!(answer.starts_with(b"HTTP/1.1 200 "), "{}", String::from_utf8_lossy(&answer));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_in_use_outlives_the_header_timeout_and_an_idle_one_closes_at_the_keepalive_timeout() {
+    const HEADER_TIMEOUT: Duration = Duration::from_secs(1);
+    const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(3);
+    let _serial = kit::load::serial().await;
+    let db = TempSqlite::new();
+    let server = Server::start(&db.url, &[("HEADER_TIMEOUT_SECS", "1"), ("KEEPALIVE_TIMEOUT_SECS", "3")]);
+    let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+
+    // Requests for three header timeouts: each one moves the deadline, and the connection's
+    // timer rings at an old one in between; the connection must stay open through it.
+    let busy = Instant::now();
+    let mut requests = 0;
+    let mut last_answer = Instant::now();
+    while busy.elapsed() < HEADER_TIMEOUT * 3 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        keepalive_health(&mut stream).await;
+        last_answer = Instant::now();
+        requests += 1;
+    }
+    // Then idle: closed at the keep-alive timeout, not at the header timeout and not long after.
+    closed_within(&mut stream, KEEPALIVE_TIMEOUT * 3).await.expect("an idle connection is closed");
+    let closed = last_answer.elapsed();
+    assert!(
+        closed >= KEEPALIVE_TIMEOUT - Duration::from_millis(50),
+        "an idle connection closed after {closed:?}, before the {KEEPALIVE_TIMEOUT:?} keep-alive timeout"
+    );
+    assert!(
+        closed < KEEPALIVE_TIMEOUT + Duration::from_secs(1),
+        "an idle connection closed {closed:?} after its last answer"
+    );
+    report(
+        "a_connection_in_use_outlives_the_header_timeout_and_an_idle_one_closes_at_the_keepalive_timeout",
+        &format!(
+            "{requests} requests on one connection over {:.1}s (header timeout {HEADER_TIMEOUT:?}); idle, it closed after {:.2}s \
+             (keep-alive timeout {KEEPALIVE_TIMEOUT:?})",
+            busy.elapsed().as_secs_f64(),
+            closed.as_secs_f64()
+        ),
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousands_of_idle_connections_from_one_client_do_not_keep_a_new_client_out() {
     const CAP: usize = 300;

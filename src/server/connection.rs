@@ -211,11 +211,17 @@ pub(super) async fn serve(stream: TcpStream, app: App, activity: Arc<Activity>, 
         // Every change of activity happens inside the connection's poll above, so the deadline
         // read here is current; while busy, the connection's own progress wakes this task.
         if let Some((deadline, end)) = activity.deadline(timeouts) {
-            if timer.deadline() != deadline {
+            // The timer may ring before the deadline, never after it. A deadline that moved
+            // later (every request moves it) is left for the ring to pick up, so a busy
+            // connection re-registers its timer once a timeout period, not once a request.
+            if deadline < timer.deadline() {
                 timer.as_mut().reset(deadline);
             }
-            if timer.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(end);
+            while timer.as_mut().poll(cx).is_ready() {
+                if timer.deadline() >= deadline {
+                    return Poll::Ready(end);
+                }
+                timer.as_mut().reset(deadline);
             }
         }
         Poll::Pending
