@@ -511,17 +511,18 @@ def load_scenario(s: Settings, tag: str, servers: dict[str, Server], path: str, 
     try:
         for server in servers.values():
             server.start()
-        for name, server in servers.items():  # warm-up: connections, caches, lazy pools
+        loads: dict[str, tuple[str, str]] = {}  # each target's URL and wrk script
+        for name, server in servers.items():
             own_path, own_script = requests.get(name, (path, script))
-            run_wrk(s, f"http://127.0.0.1:{server.port}{own_path}", 1, own_script, [f"w{tag}{name}{os.getpid()}"])
+            loads[name] = (f"http://127.0.0.1:{server.port}{own_path}", own_script)
+        for name, (url, own_script) in loads.items():  # warm-up: connections, caches, lazy pools
+            run_wrk(s, url, 1, own_script, [f"w{tag}{name}{os.getpid()}"])
         for rep in range(s.repeats):
-            for name, server in servers.items():
-                own_path, own_script = requests.get(name, (path, script))
+            for name, (url, own_script) in loads.items():
                 # The last server's writes are flushed before this one's run, not during it.
                 os.sync()
                 prefix = f"r{rep}{name}{os.getpid()}{int(time.time())}"
-                r = run_wrk(s, f"http://127.0.0.1:{server.port}{own_path}", s.duration, own_script, [prefix],
-                            tag=f"{tag}-{name}-{rep}")
+                r = run_wrk(s, url, s.duration, own_script, [prefix], tag=f"{tag}-{name}-{rep}")
                 runs[name].append(r)
                 log(f"  {tag} {name} #{rep + 1}: {r['rps']:,.0f} req/s p50 {r['p50_ms']:.2f} ms "
                     f"p99 {r['p99_ms']:.2f} ms non-2xx {r['non_2xx']} socket errors {r['socket_errors']}")

@@ -36,19 +36,20 @@ class Target:
             return self.measured / self.required
         return self.required / self.measured if self.measured > 0 else float("inf")
 
-    def fmt(self, value: float) -> str:
+    def fmt(self, value: float, extra_digits: int = 0) -> str:
+        e = extra_digits
         if self.unit == "x":
-            return f"{value:.2f}×" if value < 10 else f"{value:.0f}×"
+            return f"{value:.{2 + e}f}×" if value < 10 else f"{value:.{e}f}×"
         if self.unit == "ms":
-            return f"{value:.1f} ms" if value < 100 else f"{value:.0f} ms"
-        return f"{value:.1f} {self.unit}"
+            return f"{value:.{1 + e}f} ms" if value < 100 else f"{value:.{e}f} ms"
+        return f"{value:.{1 + e}f} {self.unit}"
 
     @property
     def measured_text(self) -> str:
         """The measurement, with one more digit when rounding would make a miss read as the target."""
         text = self.fmt(self.measured)
-        if not self.met and text == self.fmt(self.required) and self.unit == "x":
-            return f"{self.measured:.3f}×"
+        if self.met is False and text == self.fmt(self.required):
+            return self.fmt(self.measured, extra_digits=1)
         return text
 
     @property
@@ -62,10 +63,15 @@ class Target:
         m = self.measured
         if self.higher_is_better:
             pct = (m / self.required - 1) * 100
-            return f"{pct:+.0f}% over the target" if pct >= 0 else f"short by {-pct:.{0 if pct <= -1 else 1}f}% ({m / self.required:.{2 if pct <= -1 else 3}f} of the target)"
+            if pct >= 0:
+                return f"{pct:+.0f}% over the target"
+            digits = 0 if pct <= -1 else 1  # short by under 1 %: a whole percent would read "0 %"
+            return f"short by {-pct:.{digits}f}% ({m / self.required:.{digits + 2}f} of the target)"
         if m <= self.required:
             return f"{(1 - m / self.required) * 100:.0f}% under the limit"
-        return f"over by {(m / self.required - 1) * 100:.0f}% ({m / self.required:.1f}× the limit)"
+        over = (m / self.required - 1) * 100
+        digits = 0 if over >= 1 else 1  # over by under 1 %: a whole percent would read "0 %"
+        return f"over by {over:.{digits}f}% ({m / self.required:.{1 + 2 * digits}f}× the limit)"
 
 
 def g(d: dict | None, *keys: str) -> Any:
