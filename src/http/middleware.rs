@@ -227,7 +227,7 @@ fn finish(limits: &Limits, request: Observed, mut response: Response) -> Respons
         method: method.as_str(),
         route,
         status,
-        latency_ms: latency.as_secs_f64() * 1000.0,
+        latency_micros: u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
         trace_id: trace_id.as_ref().map(|t| t as &dyn std::fmt::Display),
     });
     response

@@ -13,7 +13,7 @@ use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
 
-use crate::json_text::{self, SecondText, push_display, push_str};
+use crate::json_text::{self, SecondText, push_display, push_millis, push_plain, push_str};
 
 pub struct JsonLines;
 
@@ -50,10 +50,13 @@ where
 /// One access-log line's fields, as the middleware has them.
 pub struct AccessEntry<'a> {
     pub request_id: &'a str,
+    /// An HTTP method: a token, never escaped.
     pub method: &'a str,
+    /// A route label of the router's: never escaped.
     pub route: &'a str,
     pub status: u16,
-    pub latency_ms: f64,
+    /// Written as `latency_ms`, to the microsecond.
+    pub latency_micros: u64,
     pub trace_id: Option<&'a dyn fmt::Display>,
 }
 
@@ -69,14 +72,14 @@ pub fn write_access_line(out: &mut Vec<u8>, entry: &AccessEntry<'_>) {
     );
     push_str(out, entry.request_id);
     out.extend_from_slice(b",\"method\":");
-    push_str(out, entry.method);
+    push_plain(out, entry.method);
     out.extend_from_slice(b",\"route\":");
-    push_str(out, entry.route);
+    push_plain(out, entry.route);
     out.extend_from_slice(b",\"status\":");
     // Writing into a Vec cannot fail.
     let _ = serde_json::to_writer(&mut *out, &entry.status);
     out.extend_from_slice(b",\"latency_ms\":");
-    let _ = serde_json::to_writer(&mut *out, &entry.latency_ms);
+    push_millis(out, entry.latency_micros);
     if let Some(trace_id) = entry.trace_id {
         out.extend_from_slice(b",\"trace_id\":");
         push_display(out, trace_id);
@@ -247,7 +250,13 @@ mod tests {
     fn the_access_line_is_the_line_its_tracing_event_would_write() {
         let without_timestamp = |line: &str| line.split_once("\",\"level\"").expect(line).1.to_owned();
         let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
-        for (request_id, trace) in [("id-1", None), ("quote\"and\\back", Some(trace_id))] {
+        let cases = [
+            ("id-1", None, 250),
+            ("quote\"and\\back", Some(trace_id), 41_213),
+            ("id-2", None, 0),
+            ("id-3", None, 12_345_000),
+        ];
+        for (request_id, trace, latency_micros) in cases {
             let captured = Captured::default();
             let subscriber = tracing_subscriber::fmt().with_writer(captured.clone()).event_format(JsonLines).finish();
             tracing::subscriber::with_default(subscriber, || {
@@ -257,7 +266,7 @@ mod tests {
                     method = "GET",
                     route = "/users/{id}",
                     status = 200u16,
-                    latency_ms = 0.25,
+                    latency_ms = latency_micros as f64 / 1000.0,
                     trace_id = trace.map(tracing::field::display),
                     "request"
                 );
@@ -269,7 +278,7 @@ mod tests {
                 method: "GET",
                 route: "/users/{id}",
                 status: 200,
-                latency_ms: 0.25,
+                latency_micros,
                 trace_id: trace.as_ref().map(|t| t as &dyn fmt::Display),
             };
             write_access_line(&mut direct, &entry);
