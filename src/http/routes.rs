@@ -31,6 +31,14 @@ impl RouteLabels {
     }
 
     pub fn label(&self, path: &str) -> &'static str {
-        self.0.at(path).map_or(UNMATCHED, |matched| matched.value)
+        // The busiest paths are their own templates (a static route wins over any other in
+        // matchit): compared whole, they skip the tree's walk (~130 instructions a request).
+        match path {
+            HEALTH => HEALTH,
+            USERS => USERS,
+            USER => USER,
+            READY => READY,
+            _ => self.0.at(path).map_or(UNMATCHED, |matched| matched.value),
+        }
     }
 }
