@@ -2,7 +2,8 @@
 //! answering for 6 s (PostgreSQL frozen with SIGSTOP, a cluster of the test's own; SQLite with
 //! another process holding the write lock) never turns a stored write into a "retry" answer.
 //! Every 201 is stored, no write answered 503 is stored, and a write whose commit got no answer
-//! is 504 `outcome_unknown` without Retry-After.
+//! is 504 `outcome_unknown` without Retry-After. A SQLite commit whose WAL `fsync` fails is
+//! 504 `outcome_unknown` too: whether the batch stays depends on what happens next.
 
 mod kit;
 
@@ -13,11 +14,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use kit::http::{client, user_body};
+use kit::http::{client, expect_problem, list_users, user_body};
 use kit::load::report;
 use kit::pg::PgCluster;
 use kit::process::Server;
-use kit::sqlite::TempSqlite;
+use kit::sqlite::{FailingWalSync, TempSqlite, check_sqlite};
 
 const WRITERS: usize = 16;
 const FAULT: Duration = Duration::from_secs(6);
@@ -192,7 +193,7 @@ async fn sqlite_write_lock_held_by_another_process_never_answers_503_for_a_store
     let (created, unavailable, unknown, _) = check(&outcomes, &stored);
     assert!(unavailable > 0, "the held lock was felt (503s)");
     assert!(created > 0, "writes succeeded around the held lock");
-    assert_eq!(unknown, 0, "SQLite always knows a commit's outcome");
+    assert_eq!(unknown, 0, "a held lock leaves SQLite sure of every commit's outcome");
     report(
         "sqlite_write_lock_held_by_another_process_never_answers_503_for_a_stored_write",
         &format!(
@@ -200,5 +201,58 @@ async fn sqlite_write_lock_held_by_another_process_never_answers_503_for_a_store
              503 ×{unavailable} (none stored), 504 ×0; bound {ANSWER_BOUND:?}",
             outcomes.len()
         ),
+    );
+}
+
+/// A `COMMIT` whose WAL `fsync` fails (EIO, from a preloaded library) has already written the
+/// batch's frames, commit frame included. If the process lives on, its next commit overwrites
+/// them: not stored. If it is killed first, recovery finds them whole: stored. 503 ("nothing
+/// happened, retry") would be false in the second case, so both answer 504 `outcome_unknown`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_commit_whose_wal_fsync_fails_is_outcome_unknown_and_may_be_stored() {
+    let db = TempSqlite::new();
+    let disk = FailingWalSync::build();
+    let faulty_env = disk.env();
+    let faulty_env: Vec<(&str, &str)> = faulty_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut server = Server::start(&db.url, &faulty_env);
+    let http = client();
+    let tag = kit::random_tag();
+    let email = |what: &str| format!("{tag}.{what}@fsync.test");
+    let post = |url: String, email: String| {
+        let http = http.clone();
+        async move { http.post(url).json(&user_body("Sync Fault", &email)).send().await.expect("an answer") }
+    };
+    let unknown = |response: reqwest::Response| async move {
+        assert!(response.headers().get("retry-after").is_none(), "no Retry-After on outcome_unknown");
+        expect_problem(response, 504, "outcome_unknown").await
+    };
+
+    assert_eq!(post(server.url("/user"), email("before")).await.status(), 201);
+    disk.arm();
+    unknown(post(server.url("/user"), email("overwritten")).await).await;
+    disk.disarm();
+    assert_eq!(post(server.url("/user"), email("after")).await.status(), 201, "the writer works on after the fault");
+
+    disk.arm();
+    unknown(post(server.url("/user"), email("recovered")).await).await;
+    server.kill9();
+    disk.disarm();
+    let server = Server::start(&db.url, &[]);
+    let stored: HashSet<String> = list_users(&http, &server.url("/users"))
+        .await
+        .iter()
+        .map(|u| u["email"].as_str().expect("email").to_owned())
+        .collect();
+    assert!(stored.contains(&email("before")) && stored.contains(&email("after")), "every 201 is stored: {stored:?}");
+    assert!(!stored.contains(&email("overwritten")), "the process lived on and overwrote the failed batch: {stored:?}");
+    assert!(
+        stored.contains(&email("recovered")),
+        "killed before another commit, the failed batch was recovered: {stored:?}"
+    );
+    let check = check_sqlite(&db.path);
+    assert_eq!((check.integrity.as_str(), check.rows, check.duplicate_email_keys), ("ok", 3, 0));
+    report(
+        "sqlite_commit_whose_wal_fsync_fails_is_outcome_unknown_and_may_be_stored",
+        "WAL fsync failing (EIO): 504 outcome_unknown twice; lived on → not stored, killed → stored by recovery",
     );
 }

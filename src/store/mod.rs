@@ -68,7 +68,8 @@ pub enum StoreError {
     #[error("write queue is full")]
     Overloaded,
     /// The write reached the database and no answer came back (connection lost or hung during
-    /// the commit): it may or may not be stored. Never reported as "unavailable, retry".
+    /// the commit), or SQLite's commit failed on I/O after the log may have got it: it may or
+    /// may not be stored. Never reported as "unavailable, retry".
     #[error("write outcome unknown: {0}")]
     OutcomeUnknown(String),
     #[error(transparent)]

@@ -446,6 +446,7 @@ fn commit_batch(conn: &Connection, batch: &mut Vec<Job>, retention: Duration) {
     // Microseconds: what the column keeps, so a 201 and a later read show the same instant.
     let created_at = truncate_to_micros(time::OffsetDateTime::now_utc());
     let stored_created_at = format_timestamp(created_at);
+    let mut reached_commit = false;
     let outcome = (|| -> rusqlite::Result<Vec<JobResult>> {
         conn.busy_timeout(start_by.saturating_duration_since(Instant::now()))?;
         let tx = WriteTransaction::begin(conn)?;
@@ -475,6 +476,7 @@ fn commit_batch(conn: &Connection, batch: &mut Vec<Job>, retention: Duration) {
                 });
             }
         }
+        reached_commit = true;
         tx.commit()?;
         Ok(results)
     })();
@@ -495,17 +497,27 @@ fn commit_batch(conn: &Connection, batch: &mut Vec<Job>, retention: Duration) {
             }
         }
         Err(e) => {
-            // Not committed: a failed BEGIN or COMMIT leaves nothing behind in SQLite.
             tracing::error!(error = %e, batch = jobs.len(), "SQLite batch commit failed");
-            let unavailable = is_unavailable(&e);
+            let failure = commit_failure(&e, reached_commit);
             for job in jobs {
-                job.fail(if unavailable {
-                    StoreError::Unavailable(e.to_string())
-                } else {
-                    StoreError::Internal(anyhow::anyhow!("commit failed: {e}"))
-                });
+                job.fail(failure.clone_for_reply());
             }
         }
+    }
+}
+
+/// What a failed batch tells its requests. Before `COMMIT`, nothing was written. An I/O error
+/// at `COMMIT` may come after the WAL got the batch's frames, commit frame included (a failed
+/// `fsync`): the connection then drops them, but a crash before the next commit leaves them for
+/// recovery to keep, so the batch may or may not be stored, and 503 ("nothing happened") would
+/// not be true.
+fn commit_failure(e: &rusqlite::Error, reached_commit: bool) -> StoreError {
+    if reached_commit && e.sqlite_error_code() == Some(ErrorCode::SystemIoFailure) {
+        StoreError::OutcomeUnknown(format!("COMMIT failed on I/O: {e}"))
+    } else if is_unavailable(e) {
+        StoreError::Unavailable(e.to_string())
+    } else {
+        StoreError::Internal(anyhow::anyhow!("commit failed: {e}"))
     }
 }
 

@@ -4,7 +4,7 @@
 //! - [`app`]: the application in-process on port 0 (`TestApp`, `on_both_stores!`);
 //! - [`process`]: the `users-api` binary as a child process (`Server`), to signal and kill;
 //! - [`pg`]: a schema per test in the shared PostgreSQL, private clusters (`PgCluster`);
-//! - [`sqlite`]: temporary database files and an operator's check of one;
+//! - [`sqlite`]: temporary database files, an operator's check of one, a WAL whose `fsync` fails;
 //! - [`http`]: clients, raw HTTP exchanges, problem+json assertions, list helpers;
 //! - [`load`]: mixed load generation, percentiles, the serial lock, reported figures.
 #![allow(dead_code, unused_imports)]

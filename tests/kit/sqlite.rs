@@ -42,3 +42,43 @@ pub fn check_sqlite(path: &Path) -> SqliteCheck {
         .expect("duplicate query runs");
     SqliteCheck { integrity, journal_mode, rows, duplicate_email_keys }
 }
+
+/// A disk whose `fsync` of SQLite's WAL fails on demand: a shared library preloaded into the
+/// service (`fail_wal_sync.c`, built here with the machine's C compiler), armed by a flag file.
+pub struct FailingWalSync {
+    library: PathBuf,
+    flag: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl FailingWalSync {
+    pub fn build() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let library = dir.path().join("libfail_wal_sync.so");
+        let source = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/kit/fail_wal_sync.c");
+        let built = std::process::Command::new("cc")
+            .args(["-shared", "-fPIC", "-O2", "-o"])
+            .arg(&library)
+            .arg(source)
+            .arg("-ldl")
+            .status()
+            .expect("a C compiler (cc) builds the fsync fault library");
+        assert!(built.success(), "building {source} failed");
+        let flag = dir.path().join("fail-wal-sync");
+        Self { library, flag, _dir: dir }
+    }
+
+    /// The service's environment: the library preloaded, reading this flag.
+    pub fn env(&self) -> [(&'static str, String); 2] {
+        [("LD_PRELOAD", self.library.display().to_string()), ("FAIL_WAL_SYNC_FLAG", self.flag.display().to_string())]
+    }
+
+    /// From now on every `fsync` of a WAL fails with EIO.
+    pub fn arm(&self) {
+        std::fs::write(&self.flag, b"").expect("flag file");
+    }
+
+    pub fn disarm(&self) {
+        std::fs::remove_file(&self.flag).expect("flag file removed");
+    }
+}
