@@ -14,9 +14,7 @@ pub fn push_str(out: &mut Vec<u8>, text: &str) {
         // Writing into a Vec cannot fail.
         let _ = serde_json::to_writer(&mut *out, text);
     } else {
-        out.push(b'"');
-        out.extend_from_slice(text.as_bytes());
-        out.push(b'"');
+        push_plain(out, text);
     }
 }
 
