@@ -14,6 +14,7 @@ import datetime
 import json
 import os
 import re
+import resource
 import shlex
 import subprocess
 import sys
@@ -203,10 +204,77 @@ def perf(name: str, args, out_dir: Path, db_url: str, path: str, script: str) ->
     return {"rps": requests / elapsed, "kernel_pct": kernel}
 
 
+MACHINE_STATES = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+
+
+def thread_ticks(pid: int) -> dict[str, int]:
+    """utime + stime of a process's threads, in clock ticks, summed by thread name."""
+    ticks: dict[str, int] = {}
+    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # the thread ended between the listing and the read
+            continue
+        name = text[text.index("(") + 1:text.rindex(")")]
+        fields = text[text.rindex(")") + 2:].split()
+        ticks[name] = ticks.get(name, 0) + int(fields[11]) + int(fields[12])
+    return ticks
+
+
+def machine_ticks() -> list[int]:
+    return [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:1 + len(MACHINE_STATES)]]
+
+
+def cpu(args, out_dir: Path, db_url: str, path: str, script: str) -> dict:
+    """Where the machine's two cores go per request: the server's threads by name, wrk, and the
+    machine's states (idle and iowait included), for the service, hello under the same load and,
+    beside a write scenario, hello's /health (the ratio's ceiling). Interleaved, medians of runs."""
+    loads = {"users-api": (path, script), "hello": (path, script)}
+    if args.scenario != "health":
+        loads["hello /health"] = SCENARIOS["health"]
+    tick = os.sysconf("SC_CLK_TCK")
+    runs: dict[str, list] = {k: [] for k in loads}
+    for rep in range(args.repeats):
+        for label, (own_path, own_script) in loads.items():
+            name = label.split()[0]
+            server = target_server(name, args.bin_dir, bench.free_port(), db_url, out_dir, [])
+            try:
+                server.start()
+                url = f"http://127.0.0.1:{server.port}{own_path}"
+                wrk(url, 1, own_script, 2, 64, out_dir / "wrk-cpu-warm.txt")
+                os.sync()
+                threads0, machine0 = thread_ticks(server.pid), machine_ticks()
+                wrk0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+                r = wrk(url, args.seconds, own_script, 2, 64, out_dir / f"wrk-cpu-{rep}-{name}.txt")
+                wrk1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+                threads1, machine1 = thread_ticks(server.pid), machine_ticks()
+            finally:
+                server.stop()
+            n = max(1, r["requests"])
+            per_request = {f"thread {k}": (v - threads0.get(k, 0)) / tick * 1e6 / n for k, v in threads1.items()}
+            per_request["wrk"] = (wrk1.ru_utime + wrk1.ru_stime - wrk0.ru_utime - wrk0.ru_stime) * 1e6 / n
+            machine = [b - a for a, b in zip(machine0, machine1)]
+            per_request |= {f"machine {k}": v / tick * 1e6 / n for k, v in zip(MACHINE_STATES, machine)}
+            per_request["machine total"] = sum(machine) / tick * 1e6 / n
+            rps = n / (r["duration_us"] / 1e6)
+            runs[label].append({"rps": rps, "us_per_request": {k: round(v, 2) for k, v in per_request.items() if v >= 0.01}})
+            bench.log(f"  cpu {label} #{rep + 1}: {rps:,.0f} req/s, the machine {per_request['machine total']:.1f} us "
+                      f"a request (idle {per_request['machine idle']:.1f}, iowait {per_request['machine iowait']:.1f})")
+    import statistics
+    result = {}
+    for label, rs in runs.items():
+        keys = sorted({k for x in rs for k in x["us_per_request"]})
+        result[label] = {"rps": statistics.median(x["rps"] for x in rs),
+                         "us_per_request": {k: round(statistics.median(x["us_per_request"].get(k, 0.0) for x in rs), 2)
+                                            for k in keys},
+                         "runs": rs}
+    return result
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--scenario", default="health", choices=sorted(SCENARIOS))
-    ap.add_argument("--tool", default="all", choices=("callgrind", "perf", "syscalls", "variants", "all"))
+    ap.add_argument("--tool", default="all", choices=("callgrind", "perf", "syscalls", "variants", "cpu", "all"))
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--bin-dir", type=Path, required=True)
@@ -247,6 +315,8 @@ def main() -> int:
                 bench.log(f"syscalls {name}: {sc['total_per_request']} per request: {sc['per_request']}")
         if "variants" in tools:
             result["variants"] = variants(args, out_dir, db_url, path, script)
+        if "cpu" in tools:
+            result["cpu"] = cpu(args, out_dir, db_url, path, script)
         result["load_after"] = bench.loadavg()
     finally:
         if pg and schema:
