@@ -280,6 +280,8 @@ def main() -> int:
     ap.add_argument("--bin-dir", type=Path, required=True)
     args = ap.parse_args()
     path, script = SCENARIOS[args.scenario]
+    if args.tool == "cpu" and not script:
+        ap.error("--tool cpu needs a load scenario (health, list, post_sqlite, post_pg), not one download")
     bench.SERVICE_BIN = args.bin_dir / "users-api"
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     out_dir = bench.BENCH / "results" / f"profile-{stamp}-{args.scenario}"
