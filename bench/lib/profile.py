@@ -16,6 +16,7 @@ import os
 import re
 import resource
 import shlex
+import statistics
 import subprocess
 import sys
 import time
@@ -112,7 +113,6 @@ def variants(args, out_dir: Path, db_url: str, path: str, script: str) -> dict:
         for server in servers.values():
             server.stop()
         bench.trim_logs(out_dir)
-    import statistics
     return {label: {"rps": statistics.median(x["rps"] for x in rs), "p99_ms": statistics.median(x["p99_ms"] for x in rs),
                     "runs": rs} for label, rs in runs.items()}
 
@@ -260,7 +260,6 @@ def cpu(args, out_dir: Path, db_url: str, path: str, script: str) -> dict:
             runs[label].append({"rps": rps, "us_per_request": {k: round(v, 2) for k, v in per_request.items() if v >= 0.01}})
             bench.log(f"  cpu {label} #{rep + 1}: {rps:,.0f} req/s, the machine {per_request['machine total']:.1f} us "
                       f"a request (idle {per_request['machine idle']:.1f}, iowait {per_request['machine iowait']:.1f})")
-    import statistics
     result = {}
     for label, rs in runs.items():
         keys = sorted({k for x in rs for k in x["us_per_request"]})
