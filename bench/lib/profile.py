@@ -221,13 +221,29 @@ def thread_ticks(pid: int) -> dict[str, int]:
     return ticks
 
 
+def thread_switches(pid: int) -> dict[str, int]:
+    """Context switches of a process's threads (voluntary: it blocked; involuntary: it was
+    preempted), summed by thread name: what a hand-off between threads costs shows up here."""
+    switches: dict[str, int] = {}
+    for status in Path(f"/proc/{pid}/task").glob("*/status"):
+        try:
+            fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines() if ":\t" in line)
+        except OSError:  # the thread ended between the listing and the read
+            continue
+        for kind in ("voluntary", "nonvoluntary"):
+            key = f"{fields['Name'].strip()} {kind}"
+            switches[key] = switches.get(key, 0) + int(fields[f"{kind}_ctxt_switches"])
+    return switches
+
+
 def machine_ticks() -> list[int]:
     return [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:1 + len(MACHINE_STATES)]]
 
 
 def cpu(args, out_dir: Path, db_url: str, path: str, script: str) -> dict:
     """Where the machine's two cores go per request: the server's threads by name, wrk, and the
-    machine's states (idle and iowait included), for the service, hello under the same load and,
+    machine's states (idle and iowait included), and the threads' context switches, for the
+    service, hello under the same load and,
     beside a write scenario, hello's /health (the ratio's ceiling). Interleaved, medians of runs."""
     loads = {"users-api": (path, script), "hello": (path, script)}
     if args.scenario != "health":
@@ -243,11 +259,11 @@ def cpu(args, out_dir: Path, db_url: str, path: str, script: str) -> dict:
                 url = f"http://127.0.0.1:{server.port}{own_path}"
                 wrk(url, 1, own_script, 2, 64, out_dir / "wrk-cpu-warm.txt")
                 os.sync()
-                threads0, machine0 = thread_ticks(server.pid), machine_ticks()
+                threads0, switches0, machine0 = thread_ticks(server.pid), thread_switches(server.pid), machine_ticks()
                 wrk0 = resource.getrusage(resource.RUSAGE_CHILDREN)
                 r = wrk(url, args.seconds, own_script, 2, 64, out_dir / f"wrk-cpu-{rep}-{name}.txt")
                 wrk1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-                threads1, machine1 = thread_ticks(server.pid), machine_ticks()
+                threads1, switches1, machine1 = thread_ticks(server.pid), thread_switches(server.pid), machine_ticks()
             finally:
                 server.stop()
             n = max(1, r["requests"])
@@ -257,15 +273,21 @@ def cpu(args, out_dir: Path, db_url: str, path: str, script: str) -> dict:
             per_request |= {f"machine {k}": v / tick * 1e6 / n for k, v in zip(MACHINE_STATES, machine)}
             per_request["machine total"] = sum(machine) / tick * 1e6 / n
             rps = n / (r["duration_us"] / 1e6)
-            runs[label].append({"rps": rps, "us_per_request": {k: round(v, 2) for k, v in per_request.items() if v >= 0.01}})
+            switches = {k: (v - switches0.get(k, 0)) / n for k, v in switches1.items()}
+            runs[label].append({"rps": rps, "us_per_request": {k: round(v, 2) for k, v in per_request.items() if v >= 0.01},
+                                "switches_per_request": {k: round(v, 3) for k, v in switches.items() if v >= 0.001}})
             bench.log(f"  cpu {label} #{rep + 1}: {rps:,.0f} req/s, the machine {per_request['machine total']:.1f} us "
-                      f"a request (idle {per_request['machine idle']:.1f}, iowait {per_request['machine iowait']:.1f})")
+                      f"a request (idle {per_request['machine idle']:.1f}, iowait {per_request['machine iowait']:.1f}), "
+                      f"{sum(switches.values()):.2f} context switches a request")
     result = {}
     for label, rs in runs.items():
         keys = sorted({k for x in rs for k in x["us_per_request"]})
+        switch_keys = sorted({k for x in rs for k in x["switches_per_request"]})
         result[label] = {"rps": statistics.median(x["rps"] for x in rs),
                          "us_per_request": {k: round(statistics.median(x["us_per_request"].get(k, 0.0) for x in rs), 2)
                                             for k in keys},
+                         "switches_per_request": {k: round(statistics.median(x["switches_per_request"].get(k, 0.0)
+                                                                             for x in rs), 3) for k in switch_keys},
                          "runs": rs}
     return result
 
