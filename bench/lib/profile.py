@@ -241,10 +241,10 @@ def machine_ticks() -> list[int]:
 
 
 def cpu(args, out_dir: Path, db_url: str, path: str, script: str) -> dict:
-    """Where the machine's two cores go per request: the server's threads by name, wrk, and the
-    machine's states (idle and iowait included), and the threads' context switches, for the
-    service, hello under the same load and,
-    beside a write scenario, hello's /health (the ratio's ceiling). Interleaved, medians of runs."""
+    """Where the machine's two cores go per request: the server's threads by name, wrk, the
+    machine's states (idle and iowait included) and the threads' context switches, for the
+    service, hello under the same load and, beside a write scenario, hello's /health (the
+    ratio's ceiling). Interleaved, medians of runs."""
     loads = {"users-api": (path, script), "hello": (path, script)}
     if args.scenario != "health":
         loads["hello /health"] = SCENARIOS["health"]
