@@ -207,33 +207,35 @@ def perf(name: str, args, out_dir: Path, db_url: str, path: str, script: str) ->
 MACHINE_STATES = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
 
 
-def thread_ticks(pid: int) -> dict[str, int]:
-    """utime + stime of a process's threads, in clock ticks, summed by thread name."""
-    ticks: dict[str, int] = {}
-    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+def by_thread_name(pid: int, file: str, counters) -> dict[str, int]:
+    """Sums `counters(text)` of each of a process's threads' /proc `file` by key."""
+    total: dict[str, int] = {}
+    for path in Path(f"/proc/{pid}/task").glob(f"*/{file}"):
         try:
-            text = stat.read_text()
+            text = path.read_text()
         except OSError:  # the thread ended between the listing and the read
             continue
-        name = text[text.index("(") + 1:text.rindex(")")]
-        fields = text[text.rindex(")") + 2:].split()
-        ticks[name] = ticks.get(name, 0) + int(fields[11]) + int(fields[12])
-    return ticks
+        for key, value in counters(text).items():
+            total[key] = total.get(key, 0) + value
+    return total
+
+
+def thread_ticks(pid: int) -> dict[str, int]:
+    """utime + stime of a process's threads, in clock ticks, summed by thread name."""
+    def ticks(stat: str) -> dict[str, int]:
+        fields = stat[stat.rindex(")") + 2:].split()
+        return {stat[stat.index("(") + 1:stat.rindex(")")]: int(fields[11]) + int(fields[12])}
+    return by_thread_name(pid, "stat", ticks)
 
 
 def thread_switches(pid: int) -> dict[str, int]:
     """Context switches of a process's threads (voluntary: it blocked; involuntary: it was
     preempted), summed by thread name: what a hand-off between threads costs shows up here."""
-    switches: dict[str, int] = {}
-    for status in Path(f"/proc/{pid}/task").glob("*/status"):
-        try:
-            fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines() if ":\t" in line)
-        except OSError:  # the thread ended between the listing and the read
-            continue
-        for kind in ("voluntary", "nonvoluntary"):
-            key = f"{fields['Name'].strip()} {kind}"
-            switches[key] = switches.get(key, 0) + int(fields[f"{kind}_ctxt_switches"])
-    return switches
+    def switches(status: str) -> dict[str, int]:
+        fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+        name = fields["Name"].strip()
+        return {f"{name} {kind}": int(fields[f"{kind}_ctxt_switches"]) for kind in ("voluntary", "nonvoluntary")}
+    return by_thread_name(pid, "status", switches)
 
 
 def machine_ticks() -> list[int]:
@@ -279,17 +281,16 @@ def cpu(args, out_dir: Path, db_url: str, path: str, script: str) -> dict:
             bench.log(f"  cpu {label} #{rep + 1}: {rps:,.0f} req/s, the machine {per_request['machine total']:.1f} us "
                       f"a request (idle {per_request['machine idle']:.1f}, iowait {per_request['machine iowait']:.1f}), "
                       f"{sum(switches.values()):.2f} context switches a request")
-    result = {}
-    for label, rs in runs.items():
-        keys = sorted({k for x in rs for k in x["us_per_request"]})
-        switch_keys = sorted({k for x in rs for k in x["switches_per_request"]})
-        result[label] = {"rps": statistics.median(x["rps"] for x in rs),
-                         "us_per_request": {k: round(statistics.median(x["us_per_request"].get(k, 0.0) for x in rs), 2)
-                                            for k in keys},
-                         "switches_per_request": {k: round(statistics.median(x["switches_per_request"].get(k, 0.0)
-                                                                             for x in rs), 3) for k in switch_keys},
-                         "runs": rs}
-    return result
+    return {label: {"rps": statistics.median(x["rps"] for x in rs),
+                    "us_per_request": medians([x["us_per_request"] for x in rs], 2),
+                    "switches_per_request": medians([x["switches_per_request"] for x in rs], 3),
+                    "runs": rs} for label, rs in runs.items()}
+
+
+def medians(runs: list[dict[str, float]], digits: int) -> dict[str, float]:
+    """Each key's median over runs, a run without the key counting as 0."""
+    keys = sorted({k for run in runs for k in run})
+    return {k: round(statistics.median(run.get(k, 0.0) for run in runs), digits) for k in keys}
 
 
 def main() -> int:
