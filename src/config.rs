@@ -198,9 +198,17 @@ pub struct ConnectionConfig {
     /// and when none is idle the newcomer gets a 503. Lowered to fit the descriptor limit.
     #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_connections: u64,
+    /// Threads serving connections, each a runtime of its own (a connection stays on one);
+    /// by default one per core the process may use.
+    #[arg(long, env = "HTTP_THREADS", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1024))]
+    pub http_threads: Option<usize>,
 }
 
 impl ConnectionConfig {
+    pub fn http_threads(&self) -> usize {
+        self.http_threads.unwrap_or_else(crate::server::default_http_threads)
+    }
+
     pub fn header_timeout(&self) -> Duration {
         Duration::from_secs(self.header_timeout_secs)
     }

@@ -4,6 +4,7 @@ mod accept;
 mod connection;
 mod descriptors;
 mod refusals;
+mod threads;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use crate::http::{AppState, Guards, ListStreams, RateLimiter, app};
 use crate::store::{Store, StoreOptions, redact};
 
 pub use connection::{InFlight, peer};
+pub use threads::default_count as default_http_threads;
 
 pub struct Application {
     listener: TcpListener,
@@ -141,8 +143,12 @@ impl Application {
             shutdown_delay: config.shutdown_delay(),
             grace: config.shutdown_grace(),
         };
-        accept::serve(listener, app, state.clone(), settings, shutdown).await;
+        let threads = threads::ConnectionThreads::start(config.connections.http_threads())?;
+        tracing::debug!(threads = threads.len(), "connection threads started");
+        accept::serve(listener, &threads, app, state.clone(), settings, shutdown).await;
+        // The store first: a PostgreSQL connection opened by a request runs on its thread.
         state.store.close().await;
+        drop(threads);
         tracing::info!("stopped");
         Ok(())
     }

@@ -12,6 +12,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use super::connection::{self, Activity, Timeouts};
+use super::threads::ConnectionThreads;
 use crate::http::error::ApiError;
 use crate::http::{App, AppState};
 
@@ -58,6 +59,7 @@ impl Registry {
 
 pub(super) async fn serve(
     listener: TcpListener,
+    threads: &ConnectionThreads,
     app: App,
     state: Arc<AppState>,
     settings: Settings,
@@ -75,13 +77,31 @@ pub(super) async fn serve(
             refuse(stream, &lingering);
             return;
         };
+        // The socket leaves this runtime's reactor for its connection thread's.
+        let stream = match stream.into_std() {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot hand a connection to a connection thread");
+                registry.remove(id);
+                return;
+            }
+        };
+        let (runtime, placement) = threads.least_loaded();
         let (app, registry) = (app.clone(), registry.clone());
         let timeouts = settings.timeouts;
-        tasks.spawn(async move {
-            let end = connection::serve(stream, app, activity, timeouts).await;
+        let serve = async move {
+            let _placement = placement;
+            let end = match TcpStream::from_std(stream) {
+                Ok(stream) => connection::serve(stream, app, activity, timeouts).await,
+                Err(e) => {
+                    tracing::warn!(error = %e, "a connection thread cannot take a connection");
+                    connection::End::Finished
+                }
+            };
             registry.remove(id);
             metrics::counter!("http_connections_closed_total", "reason" => end.label()).increment(1);
-        });
+        };
+        tasks.spawn_on(serve, runtime);
     };
 
     accept_until(&listener, &mut tasks, &mut accept, shutdown).await;

@@ -125,6 +125,9 @@ pub struct SqliteStore {
     writer_thread: Mutex<Option<JoinHandle<()>>>,
     timeout: Duration,
     in_flight_keys: InFlightKeys,
+    /// The runtime that opened the store: its bounded blocking pool runs the full list's
+    /// reads, whichever connection thread asks.
+    blocking: tokio::runtime::Handle,
 }
 
 impl SqliteStore {
@@ -152,6 +155,7 @@ impl SqliteStore {
             writer_thread: Mutex::new(Some(writer_thread)),
             timeout: options.timeout,
             in_flight_keys: InFlightKeys::default(),
+            blocking: tokio::runtime::Handle::current(),
         })
     }
 
@@ -220,7 +224,9 @@ impl SqliteStore {
     /// batches, which run beside requests and may walk pages no request has touched lately.
     pub async fn page(&self, after: i64, limit: u32) -> Result<Vec<User>, StoreError> {
         let conn = self.reader().await?;
-        let read = tokio::task::spawn_blocking(move || select_page(&conn, after, limit as usize))
+        let read = self
+            .blocking
+            .spawn_blocking(move || select_page(&conn, after, limit as usize))
             .instrument(statement_span(SYSTEM, "SELECT users"));
         match tokio::time::timeout(self.timeout, read).await {
             Ok(Ok(outcome)) => outcome.map_err(map_error),
@@ -241,7 +247,7 @@ impl SqliteStore {
         let _ = self.writer.send(WriterMessage::Shutdown).await;
         let handle = self.writer_thread.lock().expect("writer handle lock").take();
         if let Some(handle) = handle {
-            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+            let _ = self.blocking.spawn_blocking(move || handle.join()).await;
         }
         self.readers.close();
     }
