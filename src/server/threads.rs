@@ -1,7 +1,7 @@
 //! Connection threads: each serves the connections given to it on a single-threaded runtime of
 //! its own, so a request is read, handled and answered on one core. On the shared work-stealing
 //! runtime, a POST's answer (woken by the SQLite writer) was often written by the other core,
-//! which then fetched the connection's memory from the first: 8–24 % of POST's throughput
+//! which then fetched the connection's memory from the first: 5–24 % of POST's throughput
 //! (bench/analysis.md, round 15). actix-web serves the same way.
 
 use std::sync::Arc;
