@@ -161,24 +161,6 @@ async fn a_connection_in_use_outlives_the_header_timeout_and_an_idle_one_closes_
     );
 }
 
-/// The process's `http-N` connection threads: name and voluntary context switches so far.
-fn http_threads(server: &Server) -> Vec<(String, u64)> {
-    let tasks = PathBuf::from(format!("/proc/{}/task", server.pid()));
-    let mut threads: Vec<(String, u64)> = std::fs::read_dir(tasks)
-        .expect("the server's threads")
-        .filter_map(|task| {
-            let task = task.ok()?.path();
-            let name = std::fs::read_to_string(task.join("comm")).ok()?.trim().to_owned();
-            let status = std::fs::read_to_string(task.join("status")).ok()?;
-            let switches =
-                status.lines().find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))?.trim().parse().ok()?;
-            name.starts_with("http-").then_some((name, switches))
-        })
-        .collect();
-    threads.sort();
-    threads
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_are_shared_out_among_the_http_threads() {
     let _serial = kit::load::serial().await;
@@ -187,12 +169,12 @@ async fn connections_are_shared_out_among_the_http_threads() {
     // The threads start with serving, after the listener is bound: one answer means they run.
     health_latency(&default).await;
     let cores = std::thread::available_parallelism().expect("the core count").get();
-    assert_eq!(http_threads(&default).len(), cores, "one connection thread per core by default");
+    assert_eq!(default.threads("http-").len(), cores, "one connection thread per core by default");
     drop(default);
 
     let server = Server::start(&db.url, &[("HTTP_THREADS", "3")]);
     health_latency(&server).await;
-    let before = http_threads(&server);
+    let before = server.threads("http-");
     let names: Vec<&str> = before.iter().map(|(name, _)| name.as_str()).collect();
     assert_eq!(names, ["http-0", "http-1", "http-2"]);
     // Six keep-alive connections, open together: two on each thread. A thread that serves a
@@ -207,7 +189,7 @@ async fn connections_are_shared_out_among_the_http_threads() {
             keepalive_health(stream).await;
         }
     }
-    let after = http_threads(&server);
+    let after = server.threads("http-");
     let woke: Vec<u64> = before.iter().zip(&after).map(|((_, was), (_, is))| is - was).collect();
     assert!(woke.iter().all(|&n| n >= 100), "a connection thread served no connection: wake-ups {woke:?}");
     report(

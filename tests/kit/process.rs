@@ -3,6 +3,7 @@
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
@@ -130,6 +131,23 @@ impl Server {
         proc_status_kib(self.pid(), "VmRSS:")
     }
 
+    /// The server's threads whose name starts with `prefix`, sorted by name, each with its
+    /// voluntary context switches so far (it blocked: a thread that waits for work wakes once
+    /// for each time it got some), from /proc.
+    pub fn threads(&self, prefix: &str) -> Vec<(String, u64)> {
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", self.pid())).expect("the server's threads");
+        let mut threads: Vec<(String, u64)> = tasks
+            .filter_map(|task| {
+                let task = task.ok()?.path();
+                let name = std::fs::read_to_string(task.join("comm")).ok()?.trim().to_owned();
+                name.starts_with(prefix)
+                    .then(|| (name, status_number(&task.join("status"), "voluntary_ctxt_switches:")))
+            })
+            .collect();
+        threads.sort();
+        threads
+    }
+
     /// The last log lines (stdout and stderr), for failure messages.
     pub fn logs(&self) -> String {
         let all = tail(&self.logs);
@@ -184,7 +202,12 @@ fn tail(logs: &Mutex<VecDeque<String>>) -> String {
 }
 
 fn proc_status_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status_number(Path::new(&format!("/proc/{pid}/status")), field)
+}
+
+/// The number after `field` in a /proc `status` file (0 when it cannot be read).
+fn status_number(path: &Path, field: &str) -> u64 {
+    let status = std::fs::read_to_string(path).unwrap_or_default();
     status
         .lines()
         .find_map(|l| l.strip_prefix(field))
