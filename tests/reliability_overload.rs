@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use kit::load::{Sample, percentile_ms, report, spawn_load};
-use kit::process::Server;
+use kit::process::{Server, proc_status_kib};
 
 /// Concurrent clients, each with its own connection, against MAX_IN_FLIGHT.
 const CLIENTS: usize = 400;
@@ -66,13 +66,7 @@ fn watch_rss(pid: u32, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<u64> {
     tokio::spawn(async move {
         let mut peak = 0;
         while !stop.load(Ordering::Relaxed) {
-            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-            let rss = status
-                .lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|r| r.split_whitespace().next()?.parse().ok())
-                .unwrap_or(0);
-            peak = peak.max(rss);
+            peak = peak.max(proc_status_kib(pid, "VmRSS:"));
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         peak

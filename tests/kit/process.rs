@@ -201,7 +201,8 @@ fn tail(logs: &Mutex<VecDeque<String>>) -> String {
     logs.iter().cloned().collect::<Vec<_>>().join("\n")
 }
 
-fn proc_status_kib(pid: u32, field: &str) -> u64 {
+/// A size field of /proc/<pid>/status (`VmRSS:`, `VmHWM:`) in KiB; 0 when it cannot be read.
+pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
     status_number(Path::new(&format!("/proc/{pid}/status")), field)
 }
 
