@@ -116,20 +116,30 @@ def test_a_keyed_post_cut_off_by_one_instance_is_sent_to_the_next_and_an_unkeyed
     api = start_api(workdir, name="keyed-retry")
     ngx = start_nginx(workdir, f"127.0.0.1:{hangup.port} 127.0.0.1:{api.port}", name="nginx-keyed-retry")
     try:
-        keyed, unkeyed = [], []
-        for n in range(4):  # round robin: some of each start on the stand-in
-            body = new_user("keyed")
-            resp = request(ngx.port, "POST", "/user", body=body, headers={"Idempotency-Key": f'"{uuid.uuid4()}"'})
-            keyed.append((body["email"], resp))
-            unkeyed.append(request(ngx.port, "POST", "/user", body=new_user("unkeyed")))
-        assert all(r.status == 201 for _, r in keyed), [(r.status, r.body[:200]) for _, r in keyed]
-        assert len(hangup.requests) >= 4, "requests reached the stand-in first, so the retry was exercised"
-        keyed_requests = [raw for raw in hangup.requests if b"idempotency-key" in raw.lower()]
-        assert keyed_requests, "a keyed POST was cut off by the stand-in"
+        # Unkeyed first, then keyed, never mixed: each nginx worker keeps its own round robin,
+        # and a keyed POST's retry moves it on, so alternating the two can send every unkeyed
+        # one to the API. Alone, unkeyed POSTs alternate between the two on each worker, and a
+        # keyed POST meets the stand-in at least once in two on a worker.
+        unkeyed, keyed = [], []
+        for n in range(40):
+            unkeyed.append(request(ngx.port, "POST", "/user", body=new_user("unkeyed"), source=f"127.0.3.{n + 1}"))
+            if unkeyed[-1].status != 201:
+                break
         cut = [r for r in unkeyed if r.status != 201]
         assert cut, "an unkeyed POST met the stand-in"
         for r in cut:
             assert assert_problem(r, 502)["code"] == "outcome_unknown"  # never sent again
+        seen_unkeyed = len(hangup.requests)
+        for n in range(40):
+            body = new_user("keyed")
+            resp = request(ngx.port, "POST", "/user", body=body, source=f"127.0.4.{n + 1}",
+                           headers={"Idempotency-Key": f'"{uuid.uuid4()}"'})
+            keyed.append((body["email"], resp))
+            if len(keyed) >= 4 and len(hangup.requests) > seen_unkeyed:
+                break
+        assert all(r.status == 201 for _, r in keyed), [(r.status, r.body[:200]) for _, r in keyed]
+        keyed_requests = [raw for raw in hangup.requests if b"idempotency-key" in raw.lower()]
+        assert keyed_requests, "a keyed POST was cut off by the stand-in"
         listed = {u["email"] for u in request(ngx.port, "GET", "/users", source="127.0.2.30").json()}
         assert {email for email, _ in keyed} <= listed, "every keyed POST created its user once"
         entries = ngx.access_log()
