@@ -20,7 +20,7 @@ use crate::http::{AppState, Guards, ListStreams, RateLimiter, app};
 use crate::store::{Store, StoreOptions, redact};
 
 pub use connection::{InFlight, peer};
-pub use threads::default_count as default_http_threads;
+pub use threads::{current as current_http_thread, default_count as default_http_threads};
 
 pub struct Application {
     listener: TcpListener,
@@ -46,7 +46,11 @@ impl Application {
             config.request_timeout_secs,
             database.database_timeout_secs
         );
-        let options = StoreOptions { replica: config.read_replica.replica_options(), ..config.store_options() };
+        let options = StoreOptions {
+            replica: config.read_replica.replica_options(),
+            read_pools: config.connections.http_threads(),
+            ..config.store_options()
+        };
         let store = Store::connect(&database.database_url, &options).await?;
         if !config.skip_migrations {
             store.migrate().await.with_context(|| format!("migrating {}", redact(&database.database_url)))?;

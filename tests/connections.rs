@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use kit::http::{RawReply, raw_exchange};
 use kit::load::report;
+use kit::pg::PgSchema;
 use kit::process::Server;
 use kit::sqlite::TempSqlite;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -105,18 +106,30 @@ async fn half_sent_heads_are_closed_at_the_header_timeout_while_health_keeps_ans
 
 /// One keep-alive request on `stream`; panics unless it is answered 200.
 async fn keepalive_health(stream: &mut TcpStream) {
-    stream.write_all(b"GET /health HTTP/1.1\r\nHost: keepalive\r\n\r\n").await.expect("send a request");
+    assert_eq!(keepalive_get(stream, "/health").await, 200);
+}
+
+/// One GET on a kept-alive connection, read to the end of its body; the answer's status.
+async fn keepalive_get(stream: &mut TcpStream, path: &str) -> u16 {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: keepalive\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("send a request");
     let mut answer = Vec::new();
-    let mut chunk = [0u8; 1024];
-    while !answer.ends_with(b"{\"status\":\"ok\"}") {
+    let mut chunk = [0u8; 4096];
+    loop {
         let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut chunk))
             .await
             .expect("an answer within 5 s")
             .expect("read the answer");
         assert!(n > 0, "closed while a request was waiting: {}", String::from_utf8_lossy(&answer));
         answer.extend_from_slice(&chunk[..n]);
+        if let Some(head_end) = answer.windows(4).position(|w| w == b"\r\n\r\n") {
+            let reply = RawReply::parse(&answer).expect("an HTTP answer");
+            let length: usize = reply.header("content-length").expect("a Content-Length").parse().expect("a length");
+            if answer.len() >= head_end + 4 + length {
+                return reply.status;
+            }
+        }
     }
-    assert!(answer.starts_with(b"HTTP/1.1 200 "), "{}", String::from_utf8_lossy(&answer));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -196,6 +209,64 @@ async fn connections_are_shared_out_among_the_http_threads() {
         "connections_are_shared_out_among_the_http_threads",
         &format!("{cores} threads by default; with HTTP_THREADS=3, six connections woke each thread {woke:?} times"),
     );
+}
+
+/// On PostgreSQL each connection thread runs its requests' statements on connections it opened
+/// itself (deadpool-postgres drives a connection on the runtime that opened it): a thread that
+/// serves no request is not woken by another thread's reads. The threads' pools and the shared
+/// one stay within DATABASE_MAX_CONNECTIONS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_reads_stay_on_the_connection_thread_that_serves_them() {
+    const READS: u64 = 300;
+    let _serial = kit::load::serial().await;
+    let schema = PgSchema::create().await;
+    let server = Server::start(&schema.database_url(), &[("HTTP_THREADS", "2"), ("DATABASE_MAX_CONNECTIONS", "10")]);
+    // Two keep-alive connections, one on each thread, reading together: both threads need
+    // database connections at once.
+    let mut kept = TcpStream::connect(server.addr).await.expect("connect");
+    let mut dropped = TcpStream::connect(server.addr).await.expect("connect");
+    for _ in 0..50 {
+        let (a, b) =
+            tokio::join!(keepalive_get(&mut kept, "/users?limit=10"), keepalive_get(&mut dropped, "/users?limit=10"));
+        assert_eq!((a, b), (200, 200));
+    }
+    drop(dropped);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let before = server.threads("");
+    for _ in 0..READS {
+        assert_eq!(keepalive_get(&mut kept, "/users?limit=10").await, 200);
+    }
+    let after = server.threads("");
+    let woke = |prefix: &str| -> Vec<u64> {
+        let was: Vec<u64> = before.iter().filter(|(name, _)| name.starts_with(prefix)).map(|(_, n)| *n).collect();
+        let is = after.iter().filter(|(name, _)| name.starts_with(prefix)).map(|(_, n)| *n);
+        is.zip(was).map(|(is, was)| is - was).collect()
+    };
+    let http = woke("http-");
+    let serving = http.iter().copied().max().expect("two connection threads");
+    let elsewhere = woke("").iter().sum::<u64>() - serving;
+    assert!(serving >= READS, "the serving thread slept less than once a read: wake-ups {http:?}");
+    assert!(
+        elsewhere < READS / 10,
+        "other threads were woken {elsewhere} times by one thread's {READS} reads (connection threads {http:?})"
+    );
+
+    let backends: i64 = schema
+        .admin()
+        .query_one("SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", &[&schema.application_name])
+        .await
+        .expect("count the API's backends")
+        .get(0);
+    assert!((2..=10).contains(&backends), "{backends} backends for DATABASE_MAX_CONNECTIONS=10");
+    report(
+        "postgres_reads_stay_on_the_connection_thread_that_serves_them",
+        &format!(
+            "{READS} reads on one thread woke it {serving} times, every other thread {elsewhere}; {backends} backends of 10"
+        ),
+    );
+    drop(server);
+    schema.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,6 +4,7 @@
 //! which then fetched the connection's memory from the first: 5–24 % of POST's throughput
 //! (bench/analysis.md, round 15). actix-web serves the same way.
 
+use std::cell::Cell;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
@@ -11,6 +12,16 @@ use std::thread::JoinHandle;
 use anyhow::Context;
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
+
+thread_local! {
+    static CURRENT: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+/// The index of the connection thread this runs on (`None` off them), for state kept one per
+/// thread: the PostgreSQL read pools, whose connections are driven on the thread that opened them.
+pub fn current() -> Option<usize> {
+    CURRENT.get()
+}
 
 pub(super) struct ConnectionThreads {
     threads: Vec<ConnectionThread>,
@@ -69,6 +80,7 @@ impl ConnectionThread {
         let thread = std::thread::Builder::new()
             .name(format!("http-{index}"))
             .spawn(move || {
+                CURRENT.set(Some(index));
                 let _ = runtime.block_on(stopped);
             })
             .context("spawning a connection thread")?;
@@ -103,5 +115,8 @@ mod tests {
         let (runtime, _place) = threads.least_loaded();
         let name = runtime.block_on(runtime.spawn(async { std::thread::current().name().map(str::to_owned) }));
         assert_eq!(name.expect("task ran").as_deref(), Some("http-0"));
+        let index = runtime.block_on(runtime.spawn(async { super::current() }));
+        assert_eq!(index.expect("task ran"), Some(0));
+        assert_eq!(super::current(), None, "the test's own thread is no connection thread");
     }
 }

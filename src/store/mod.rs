@@ -33,6 +33,9 @@ pub struct StoreOptions {
     pub replica: Option<ReplicaOptions>,
     /// How long an idempotency key and its stored answer count; older ones are ignored, then purged.
     pub idempotency_retention: Duration,
+    /// Connection threads that get a PostgreSQL pool of their own out of `max_connections`
+    /// (0: one shared pool).
+    pub read_pools: usize,
 }
 
 /// Where reads go when they can: a streaming replica of the primary, with the same credentials
@@ -55,6 +58,7 @@ impl Default for StoreOptions {
             ca_file: None,
             replica: None,
             idempotency_retention: Duration::from_secs(24 * 3600),
+            read_pools: 0,
         }
     }
 }

@@ -11,12 +11,14 @@ use tracing::Instrument;
 mod app_role;
 mod keyed;
 mod replica;
+mod thread_pools;
 
 use super::postgres_writer::InsertBatcher;
 use super::rekey::{self, Migration, StoredEmail};
 use super::{StoreError, StoreOptions, pool_wait_span, statement_span};
 use crate::domain::{NewUser, User};
 use replica::{ReadPool, Replica};
+use thread_pools::ThreadPools;
 
 const MIGRATIONS: &[(i64, Migration)] = &[
     (1, Migration::Sql(include_str!("migrations/postgres/0001_users.sql"))),
@@ -34,7 +36,10 @@ pub(super) const SYSTEM: &str = "postgresql";
 const SELECT_USER: &str = "SELECT id, name, email, created_at FROM users";
 
 pub struct PostgresStore {
+    /// Insert batches, the keys' purge, migrations; requests too when `threads` is empty.
     pool: Pool,
+    /// The requests' own statements, one pool per connection thread.
+    threads: ThreadPools,
     /// Serves reads while it is healthy and caught up (`DATABASE_READ_URL`).
     replica: Option<Replica>,
     writer: InsertBatcher,
@@ -44,18 +49,25 @@ pub struct PostgresStore {
 
 impl PostgresStore {
     pub fn connect(url: &str, options: &StoreOptions) -> anyhow::Result<Self> {
-        let pool = build_pool(url, options, options.max_connections, options.timeout)
-            .context("building the PostgreSQL pool")?;
+        // Half the connections for batched inserts at most, the rest stay free for reads.
+        let batches = (options.max_connections / 2).min(MAX_BATCHES_IN_FLIGHT);
+        // The batches and the purge keep theirs in the shared pool.
+        let split = thread_pools::split(options.max_connections, batches + 1, options.read_pools);
+        let shared = split.map_or(options.max_connections, |split| split.shared);
+        let pool = build_pool(url, options, shared, options.timeout).context("building the PostgreSQL pool")?;
+        let threads = ThreadPools::build(split.map_or(0, |_| options.read_pools), || {
+            let per_thread = split.map_or(0, |split| split.per_thread);
+            build_pool(url, options, per_thread, options.timeout).context("building a connection thread's pool")
+        })?;
         let replica = match &options.replica {
             Some(replica) => Some(Replica::start(replica, options)?),
             None => None,
         };
-        // Half the connections for batched inserts at most, the rest stay free for reads.
-        let batches = (options.max_connections / 2).min(MAX_BATCHES_IN_FLIGHT);
         let writer = InsertBatcher::start(pool.clone(), options.timeout, batches);
         tokio::spawn(keyed::purge_expired_keys(pool.clone(), options.idempotency_retention, options.timeout));
         Ok(Self {
             pool,
+            threads,
             replica,
             writer,
             timeout: options.timeout,
@@ -126,17 +138,28 @@ impl PostgresStore {
                 Err(e) => replica.failed(&e),
             }
         }
-        let value = query(self.pool.clone(), self.timeout).await;
+        let value = query(self.request_pool().clone(), self.timeout).await;
         self.count_primary_read();
         value
     }
 
+    /// The pool for a request's statements: its connection thread's own, when there is one.
+    fn request_pool(&self) -> &Pool {
+        self.threads.current().unwrap_or(&self.pool)
+    }
+
+    /// Every primary pool's connections together.
     pub fn pool_status(&self) -> deadpool_postgres::Status {
-        self.pool.status()
+        self.threads.status().fold(self.pool.status(), |sum, status| deadpool_postgres::Status {
+            max_size: sum.max_size + status.max_size,
+            size: sum.size + status.size,
+            available: sum.available + status.available,
+            waiting: sum.waiting + status.waiting,
+        })
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
-        with_client(&self.pool, self.timeout, "SELECT 1", async |client| {
+        with_client(self.request_pool(), self.timeout, "SELECT 1", async |client| {
             client.simple_query("SELECT 1").await.map(|_| ())
         })
         .await
@@ -163,6 +186,7 @@ impl PostgresStore {
 
     pub fn close(&self) {
         self.pool.close();
+        self.threads.close();
         if let Some(replica) = &self.replica {
             replica.close();
         }

@@ -46,7 +46,7 @@ impl PostgresStore {
     pub async fn create_keyed(&self, user: NewUser, keyed: KeyedCreate) -> Result<KeyedOutcome, StoreError> {
         let start_by = Instant::now() + self.timeout;
         let deadline = tokio::time::Instant::from_std(start_by);
-        let client = tokio::time::timeout_at(deadline, self.pool.get().instrument(pool_wait_span(SYSTEM)))
+        let client = tokio::time::timeout_at(deadline, self.request_pool().get().instrument(pool_wait_span(SYSTEM)))
             .await
             .map_err(|_| StoreError::Unavailable("no connection before the write's deadline".into()))?
             .map_err(pool_error)?;
