@@ -55,10 +55,13 @@ impl PostgresStore {
         let split = thread_pools::split(options.max_connections, batches + 1, options.read_pools);
         let shared = split.map_or(options.max_connections, |split| split.shared);
         let pool = build_pool(url, options, shared, options.timeout).context("building the PostgreSQL pool")?;
-        let threads = ThreadPools::build(split.map_or(0, |_| options.read_pools), || {
-            let per_thread = split.map_or(0, |split| split.per_thread);
-            build_pool(url, options, per_thread, options.timeout).context("building a connection thread's pool")
-        })?;
+        let threads = match split {
+            Some(split) => ThreadPools::build(options.read_pools, || {
+                build_pool(url, options, split.per_thread, options.timeout)
+                    .context("building a connection thread's pool")
+            })?,
+            None => ThreadPools::none(),
+        };
         let replica = match &options.replica {
             Some(replica) => Some(Replica::start(replica, options)?),
             None => None,

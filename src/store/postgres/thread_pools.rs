@@ -29,6 +29,10 @@ pub(super) struct ThreadPools {
 }
 
 impl ThreadPools {
+    pub fn none() -> Self {
+        Self { pools: Vec::new() }
+    }
+
     pub fn build(count: usize, build: impl Fn() -> anyhow::Result<Pool>) -> anyhow::Result<Self> {
         Ok(Self { pools: (0..count).map(|_| build()).collect::<anyhow::Result<_>>()? })
     }
