@@ -213,16 +213,49 @@ async fn connections_are_shared_out_among_the_http_threads() {
 
 /// On PostgreSQL each connection thread runs its requests' statements on connections it opened
 /// itself (deadpool-postgres drives a connection on the runtime that opened it): a thread that
-/// serves no request is not woken by another thread's reads. The threads' pools and the shared
-/// one stay within DATABASE_MAX_CONNECTIONS.
+/// serves no request is not woken by another thread's reads, on the primary's pools or on a read
+/// replica's. The threads' pools and the shared one stay within their connection budget.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_reads_stay_on_the_connection_thread_that_serves_them() {
-    const READS: u64 = 300;
     let _serial = kit::load::serial().await;
     let schema = PgSchema::create().await;
-    let server = Server::start(&schema.database_url(), &[("HTTP_THREADS", "2"), ("DATABASE_MAX_CONNECTIONS", "10")]);
-    // Two keep-alive connections, one on each thread, reading together: both threads need
-    // database connections at once.
+    let primary = schema.database_url();
+    let env = [("HTTP_THREADS", "2"), ("DATABASE_MAX_CONNECTIONS", "10")];
+    let server = Server::start(&primary, &env);
+    let on_primary = reads_on_one_thread(&server).await;
+    let primary_backends = backends(&schema, &schema.application_name).await;
+    drop(server);
+    assert!((2..=10).contains(&primary_backends), "{primary_backends} backends for DATABASE_MAX_CONNECTIONS=10");
+
+    // The primary named as the replica too (never behind itself), under another application name.
+    let replica_name = format!("{}-replica", schema.application_name);
+    let replica = primary.replace(&schema.application_name, &replica_name);
+    let replica_env = [env[0], env[1], ("DATABASE_READ_URL", replica.as_str()), ("DATABASE_READ_MAX_CONNECTIONS", "6")];
+    let server = Server::start(&primary, &replica_env);
+    let on_replica = reads_on_one_thread(&server).await;
+    let replica_backends = backends(&schema, &replica_name).await;
+    drop(server);
+    // The lag watcher's connection and one in each thread's pool at least.
+    assert!(
+        (3..=6).contains(&replica_backends),
+        "{replica_backends} replica backends for DATABASE_READ_MAX_CONNECTIONS=6"
+    );
+    report(
+        "postgres_reads_stay_on_the_connection_thread_that_serves_them",
+        &format!(
+            "{READS_ON_ONE_THREAD} reads on one thread woke (it, every other thread): primary {on_primary:?}, \
+             replica {on_replica:?}; backends: {primary_backends} of 10, replica {replica_backends} of 6"
+        ),
+    );
+    schema.cleanup().await;
+}
+
+const READS_ON_ONE_THREAD: u64 = 300;
+
+/// Two kept-alive connections read together (one on each thread, so both threads open database
+/// connections), then one of them reads alone: the wake-ups of the thread serving it and of every
+/// other thread while it does. Panics if the others woke for its reads.
+async fn reads_on_one_thread(server: &Server) -> (u64, u64) {
     let mut kept = TcpStream::connect(server.addr).await.expect("connect");
     let mut dropped = TcpStream::connect(server.addr).await.expect("connect");
     for _ in 0..50 {
@@ -234,7 +267,7 @@ async fn postgres_reads_stay_on_the_connection_thread_that_serves_them() {
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let before = server.threads("");
-    for _ in 0..READS {
+    for _ in 0..READS_ON_ONE_THREAD {
         assert_eq!(keepalive_get(&mut kept, "/users?limit=10").await, 200);
     }
     let after = server.threads("");
@@ -246,27 +279,22 @@ async fn postgres_reads_stay_on_the_connection_thread_that_serves_them() {
     let http = woke("http-");
     let serving = http.iter().copied().max().expect("two connection threads");
     let elsewhere = woke("").iter().sum::<u64>() - serving;
-    assert!(serving >= READS, "the serving thread slept less than once a read: wake-ups {http:?}");
+    assert!(serving >= READS_ON_ONE_THREAD, "the serving thread slept less than once a read: wake-ups {http:?}");
     assert!(
-        elsewhere < READS / 10,
-        "other threads were woken {elsewhere} times by one thread's {READS} reads (connection threads {http:?})"
+        elsewhere < READS_ON_ONE_THREAD / 10,
+        "other threads were woken {elsewhere} times by one thread's {READS_ON_ONE_THREAD} reads (connection threads {http:?})"
     );
+    (serving, elsewhere)
+}
 
-    let backends: i64 = schema
+/// The API's connections to the test database under `application_name`.
+async fn backends(schema: &PgSchema, application_name: &str) -> i64 {
+    schema
         .admin()
-        .query_one("SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", &[&schema.application_name])
+        .query_one("SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", &[&application_name])
         .await
         .expect("count the API's backends")
-        .get(0);
-    assert!((2..=10).contains(&backends), "{backends} backends for DATABASE_MAX_CONNECTIONS=10");
-    report(
-        "postgres_reads_stay_on_the_connection_thread_that_serves_them",
-        &format!(
-            "{READS} reads on one thread woke it {serving} times, every other thread {elsewhere}; {backends} backends of 10"
-        ),
-    );
-    drop(server);
-    schema.cleanup().await;
+        .get(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,6 +12,7 @@ use std::time::Duration;
 use deadpool_postgres::Pool;
 use metrics::Counter;
 
+use super::thread_pools::{self, ThreadPools};
 use super::{build_pool, with_client};
 use crate::store::{ReplicaOptions, StoreError, StoreOptions, redact};
 
@@ -39,7 +40,10 @@ pub(in crate::store) enum ReadPool {
 }
 
 pub(in crate::store) struct Replica {
+    /// The lag watcher's; reads too when `threads` is empty.
     pool: Pool,
+    /// Reads, one pool per connection thread, as on the primary.
+    threads: ThreadPools,
     timeout: Duration,
     usable: Arc<AtomicBool>,
     watcher: tokio::task::AbortHandle,
@@ -59,15 +63,25 @@ impl Replica {
     pub fn start(replica: &ReplicaOptions, options: &StoreOptions) -> anyhow::Result<Self> {
         let timeout = options.timeout.min(ATTEMPT_BOUND);
         let max_size = replica.max_connections.unwrap_or(options.max_connections);
-        let pool = build_pool(&replica.url, options, max_size, timeout)
-            .map_err(|e| e.context(format!("building the replica pool for {}", redact(&replica.url))))?;
+        // The watcher keeps one connection in the shared pool.
+        let split = thread_pools::split(max_size, 1, options.read_pools);
+        let build = |size| {
+            build_pool(&replica.url, options, size, timeout)
+                .map_err(|e| e.context(format!("building the replica pool for {}", redact(&replica.url))))
+        };
+        let pool = build(split.map_or(max_size, |split| split.shared))?;
+        let threads = match split {
+            Some(split) => ThreadPools::build(options.read_pools, || build(split.per_thread))?,
+            None => ThreadPools::none(),
+        };
         let usable = Arc::new(AtomicBool::new(false));
         let watcher = tokio::spawn(watch(pool.clone(), timeout, replica.max_lag, usable.clone())).abort_handle();
-        Ok(Self { pool, timeout, usable, watcher, counters: OnceLock::new() })
+        Ok(Self { pool, threads, timeout, usable, watcher, counters: OnceLock::new() })
     }
 
+    /// The pool for a read: its connection thread's own, when there is one.
     pub fn pool(&self) -> &Pool {
-        &self.pool
+        self.threads.current().unwrap_or(&self.pool)
     }
 
     pub fn timeout(&self) -> Duration {
@@ -102,6 +116,7 @@ impl Replica {
         self.watcher.abort();
         self.usable.store(false, Ordering::Relaxed);
         self.pool.close();
+        self.threads.close();
     }
 
     fn counters(&self) -> &ReadCounters {

@@ -1,5 +1,5 @@
-//! One pool per connection thread for the requests' own statements (reads, keyed creates, the
-//! readiness ping). deadpool-postgres drives each connection on the runtime that opened it, so a
+//! One pool per connection thread for the requests' own statements (on the primary: reads,
+//! keyed creates, the readiness ping; on the replica: reads). deadpool-postgres drives each connection on the runtime that opened it, so a
 //! request that borrowed a connection opened on another thread crossed between threads twice a
 //! statement: GET /users?limit=100 lost about 15 % to it (bench/analysis.md, round 15). A
 //! thread's own pool only opens connections on that thread.
@@ -9,7 +9,8 @@ use deadpool_postgres::{Pool, Status};
 /// How the connection budget is shared out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Split {
-    /// The shared pool: insert batches, the keys' purge, migrations, and requests off the threads.
+    /// The shared pool: the primary's insert batches, purge and migrations, the replica's lag
+    /// watcher, and statements off the connection threads.
     pub shared: usize,
     /// Each connection thread's pool.
     pub per_thread: usize,
