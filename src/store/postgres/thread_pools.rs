@@ -1,8 +1,9 @@
 //! One pool per connection thread for the requests' own statements (on the primary: reads,
-//! keyed creates, the readiness ping; on the replica: reads). deadpool-postgres drives each connection on the runtime that opened it, so a
-//! request that borrowed a connection opened on another thread crossed between threads twice a
-//! statement: GET /users?limit=100 lost about 15 % to it (bench/analysis.md, round 15). A
-//! thread's own pool only opens connections on that thread.
+//! keyed creates, the readiness ping; on the replica: reads). deadpool-postgres drives each
+//! connection on the runtime that opened it, so a request that borrowed a connection opened on
+//! another thread crossed between threads twice a statement: GET /users?limit=100 lost about
+//! 15 % to it (bench/analysis.md, round 15). A thread's own pool only opens connections on that
+//! thread.
 
 use deadpool_postgres::{Pool, Status};
 
