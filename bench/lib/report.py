@@ -178,7 +178,8 @@ LOAD_SCENARIOS = [
     ("post_sqlite", "POST /user, SQLite, a new email per request", ["users-api", "hello", "hello-health", *PEERS]),
     ("post_pg", "POST /user, PostgreSQL (service pool {pool}; pgbench {conns} connections), a new email per request",
      ["users-api", "pgbench", *PEERS]),
-    ("list_pg", "GET /users?limit=100, PostgreSQL (service pool {pool})", ["users-api", *PEERS]),
+    ("list_pg", "GET /users?limit=100, PostgreSQL (service pool {pool} in all, split among its connection threads)",
+     ["users-api", *PEERS]),
     ("tracing_health", "GET /health, traces off vs exported at 10 %", ["users-api", "users-api-traced"]),
     ("tracing_post", "POST /user (SQLite), traces off vs exported at 10 %", ["users-api", "users-api-traced"]),
 ]
