@@ -52,16 +52,9 @@ impl PostgresStore {
         // Half the connections for batched inserts at most, the rest stay free for reads.
         let batches = (options.max_connections / 2).min(MAX_BATCHES_IN_FLIGHT);
         // The batches and the purge keep theirs in the shared pool.
-        let split = thread_pools::split(options.max_connections, batches + 1, options.read_pools);
-        let shared = split.map_or(options.max_connections, |split| split.shared);
-        let pool = build_pool(url, options, shared, options.timeout).context("building the PostgreSQL pool")?;
-        let threads = match split {
-            Some(split) => ThreadPools::build(options.read_pools, || {
-                build_pool(url, options, split.per_thread, options.timeout)
-                    .context("building a connection thread's pool")
-            })?,
-            None => ThreadPools::none(),
-        };
+        let (pool, threads) = thread_pools::build(options.max_connections, batches + 1, options.read_pools, |size| {
+            build_pool(url, options, size, options.timeout).context("building the PostgreSQL pool")
+        })?;
         let replica = match &options.replica {
             Some(replica) => Some(Replica::start(replica, options)?),
             None => None,

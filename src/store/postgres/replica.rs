@@ -64,16 +64,10 @@ impl Replica {
         let timeout = options.timeout.min(ATTEMPT_BOUND);
         let max_size = replica.max_connections.unwrap_or(options.max_connections);
         // The watcher keeps one connection in the shared pool.
-        let split = thread_pools::split(max_size, 1, options.read_pools);
-        let build = |size| {
+        let (pool, threads) = thread_pools::build(max_size, 1, options.read_pools, |size| {
             build_pool(&replica.url, options, size, timeout)
                 .map_err(|e| e.context(format!("building the replica pool for {}", redact(&replica.url))))
-        };
-        let pool = build(split.map_or(max_size, |split| split.shared))?;
-        let threads = match split {
-            Some(split) => ThreadPools::build(options.read_pools, || build(split.per_thread))?,
-            None => ThreadPools::none(),
-        };
+        })?;
         let usable = Arc::new(AtomicBool::new(false));
         let watcher = tokio::spawn(watch(pool.clone(), timeout, replica.max_lag, usable.clone())).abort_handle();
         Ok(Self { pool, threads, timeout, usable, watcher, counters: OnceLock::new() })

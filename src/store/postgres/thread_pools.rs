@@ -25,20 +25,29 @@ pub(super) fn split(max: usize, reserved: usize, threads: usize) -> Option<Split
     (per_thread > 0).then(|| Split { shared: max - per_thread * threads, per_thread })
 }
 
+/// The shared pool and the threads' pools for a budget of `max` connections, as `split` shares
+/// it out; `build` makes a pool of the size it is given.
+pub(super) fn build(
+    max: usize,
+    reserved: usize,
+    threads: usize,
+    build: impl Fn(usize) -> anyhow::Result<Pool>,
+) -> anyhow::Result<(Pool, ThreadPools)> {
+    let split = split(max, reserved, threads);
+    let shared = build(split.map_or(max, |split| split.shared))?;
+    let pools = match split {
+        Some(split) => (0..threads).map(|_| build(split.per_thread)).collect::<anyhow::Result<_>>()?,
+        None => Vec::new(),
+    };
+    Ok((shared, ThreadPools { pools }))
+}
+
 /// Empty when the budget is not split.
 pub(super) struct ThreadPools {
     pools: Vec<Pool>,
 }
 
 impl ThreadPools {
-    pub fn none() -> Self {
-        Self { pools: Vec::new() }
-    }
-
-    pub fn build(count: usize, build: impl Fn() -> anyhow::Result<Pool>) -> anyhow::Result<Self> {
-        Ok(Self { pools: (0..count).map(|_| build()).collect::<anyhow::Result<_>>()? })
-    }
-
     /// The pool of the connection thread this runs on.
     pub fn current(&self) -> Option<&Pool> {
         crate::server::current_http_thread().and_then(|index| self.pools.get(index))
