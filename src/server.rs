@@ -30,12 +30,15 @@ pub struct Application {
     config: ServeConfig,
     /// The open-file limit after raising it; `None` when it cannot be read.
     descriptor_limit: Option<u64>,
+    /// Connection threads, resolved once: the PostgreSQL pools are split for this many.
+    http_threads: usize,
 }
 
 impl Application {
     /// Connects and migrates the store, then binds (port 0 picks a free port; see `local_addr`).
     pub async fn build(config: ServeConfig) -> anyhow::Result<Self> {
         let descriptor_limit = descriptors::raise_limit();
+        let http_threads = config.connections.http_threads();
         let database = &config.database;
         // A write may take its database timeout to start and the commit grace to finish: the
         // request timeout must outlast both, or its 503 could be sent for a stored write.
@@ -48,7 +51,7 @@ impl Application {
         );
         let options = StoreOptions {
             replica: config.read_replica.replica_options(),
-            read_pools: config.connections.http_threads(),
+            read_pools: http_threads,
             ..config.store_options()
         };
         let store = Store::connect(&database.database_url, &options).await?;
@@ -92,7 +95,7 @@ impl Application {
         }
         let list_streams = ListStreams::new(config.max_list_streams, config.list_stream_stall_timeout());
         let state = Arc::new(AppState { store, draining: AtomicBool::new(false), list_streams });
-        Ok(Self { listener, metrics_listener, state, authenticator, config, descriptor_limit })
+        Ok(Self { listener, metrics_listener, state, authenticator, config, descriptor_limit, http_threads })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -106,7 +109,7 @@ impl Application {
 
     /// Serves until `shutdown` resolves, then drains (see `accept::serve`) and closes the store.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        let Self { listener, metrics_listener, state, authenticator, config, descriptor_limit } = self;
+        let Self { listener, metrics_listener, state, authenticator, config, descriptor_limit, http_threads } = self;
         let limits = &config.rate_limit;
         let guards = Guards {
             max_in_flight: config.max_in_flight,
@@ -147,7 +150,7 @@ impl Application {
             shutdown_delay: config.shutdown_delay(),
             grace: config.shutdown_grace(),
         };
-        let threads = threads::ConnectionThreads::start(config.connections.http_threads())?;
+        let threads = threads::ConnectionThreads::start(http_threads)?;
         tracing::debug!(threads = threads.len(), "connection threads started");
         accept::serve(listener, &threads, app, state.clone(), settings, shutdown).await;
         // The store first: a PostgreSQL connection opened by a request runs on its thread.
