@@ -61,6 +61,9 @@ async fn counters_match_the_requests_sent_and_metrics_stay_off_the_public_port()
     // Four inserts reached the writer (three stored, one duplicate); the invalid one never did.
     let batches = sample(&text, "db_write_batch_size_sum", &[]).expect("batch size histogram");
     assert_eq!(batches, 4.0, "{text}");
+    // Sizes have buckets of their own: under the seconds' buckets every batch above 10 was +Inf.
+    let batch_count = sample(&text, "db_write_batch_size_count", &[]);
+    assert_eq!(sample(&text, "db_write_batch_size_bucket", &[("le", "512")]), batch_count, "{text}");
     assert_eq!(
         sample(&text, "db_query_duration_seconds_count", &[("operation", "insert"), ("backend", "sqlite")]),
         Some(4.0)
