@@ -850,6 +850,7 @@ def machine_facts() -> dict[str, str]:
         "cpu": cpu,
         "memory": f"{mem_kb / 1024 / 1024:.0f} GiB",
         "kernel": platform.release(),
+        "autogroup": autogroup(),
         "os": sh(["sh", "-c", ". /etc/os-release && echo $PRETTY_NAME"]),
         "rustc": sh(["rustc", "--version"]),
         "wrk": sh(["sh", "-c", "wrk -v 2>&1 | head -1"]).split(" Copyright")[0],
@@ -858,6 +859,15 @@ def machine_facts() -> dict[str, str]:
         "node": sh(["node", "--version"]) if shutil.which("node") else "not installed",
         "source": source_revision(),
     }
+
+
+def autogroup() -> str:
+    """Whether the scheduler shares the cores between sessions (each server is started in its own)
+    rather than between threads: it moves POST on SQLite by about a tenth (bench/analysis.md, round 17)."""
+    try:
+        return {"1": "on", "0": "off"}.get(Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip(), "?")
+    except OSError:
+        return "not available"
 
 
 def source_revision() -> str:

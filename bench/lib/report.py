@@ -494,13 +494,18 @@ def render(res: dict[str, Any], analysis: Path | None = None) -> str:
         "row counts after each run are in `results.json`.",
         "- Load generator and servers share the machine's cores, as the issue prescribes: absolute figures depend on "
         "the machine and on what else runs on it; the ratios are the result.",
+        "- Each server runs in a session of its own, as a service runs in a container of its own. With the kernel's "
+        "autogroup on (see Machine and run), the scheduler shares the cores between wrk's session and the "
+        "server's rather than between their threads. That costs POST on SQLite about a tenth: with autogroup off, "
+        "or with the service started in wrk's session, it served 6–12 % more (`bench/analysis.md`, round 17).",
         "",
         "## Machine and run",
         "",
         f"- Command: `{res['command']}`",
         f"- Service source: commit {m.get('source', '?')}",
         f"- Date: {res['started']} → {res.get('finished', '?')} (UTC)",
-        f"- CPU: {m['cpu']}, nproc {m['nproc']}, memory {m['memory']}; {m['os']}, kernel {m['kernel']}",
+        f"- CPU: {m['cpu']}, nproc {m['nproc']}, memory {m['memory']}; {m['os']}, kernel {m['kernel']}, "
+        f"autogroup {m.get('autogroup', 'not recorded')}",
         f"- Load average (1, 5, 15 min) before: {res['load_before']}; after: {res.get('load_after', '?')}"
         + (" — other work was running on the machine during this run" if busy(res) else ""),
         (f"- Disk: 4 KiB write + fsync median {res['fsync']['median_ms']:.2f} ms, p99 {res['fsync']['p99_ms']:.2f} ms "
