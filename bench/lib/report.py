@@ -497,7 +497,7 @@ def render(res: dict[str, Any], analysis: Path | None = None) -> str:
         "- Each server runs in a session of its own, as a service runs in a container of its own. With the kernel's "
         "autogroup on (see Machine and run), the scheduler shares the cores between wrk's session and the "
         "server's rather than between their threads. That costs POST on SQLite about a tenth: with autogroup off, "
-        "or with the service started in wrk's session, it served 6–12 % more (`bench/analysis.md`, round 17).",
+        "or with the service started in wrk's session, it served 6–11 % more (`bench/analysis.md`, round 17).",
         "",
         "## Machine and run",
         "",

@@ -123,7 +123,7 @@ pub fn record_write_batch(size: usize, duration: Duration) {
     metrics::histogram!("db_write_batch_duration_seconds").record(duration.as_secs_f64());
 }
 
-/// Up to the SQLite writer's largest batch (512).
+/// Up to the largest batch of either store (SQLite 512 inserts, PostgreSQL 256).
 const BATCH_SIZE_BUCKETS: [f64; 10] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
 
 static PROMETHEUS: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> = std::sync::OnceLock::new();
