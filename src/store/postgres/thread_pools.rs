@@ -26,17 +26,17 @@ pub(super) fn split(max: usize, reserved: usize, threads: usize) -> Option<Split
 }
 
 /// The shared pool and the threads' pools for a budget of `max` connections, as `split` shares
-/// it out; `build` makes a pool of the size it is given.
+/// it out; `new_pool` makes a pool of the size it is given.
 pub(super) fn build(
     max: usize,
     reserved: usize,
     threads: usize,
-    build: impl Fn(usize) -> anyhow::Result<Pool>,
+    new_pool: impl Fn(usize) -> anyhow::Result<Pool>,
 ) -> anyhow::Result<(Pool, ThreadPools)> {
-    let split = split(max, reserved, threads);
-    let shared = build(split.map_or(max, |split| split.shared))?;
-    let pools = match split {
-        Some(split) => (0..threads).map(|_| build(split.per_thread)).collect::<anyhow::Result<_>>()?,
+    let shares = split(max, reserved, threads);
+    let shared = new_pool(shares.map_or(max, |shares| shares.shared))?;
+    let pools = match shares {
+        Some(shares) => (0..threads).map(|_| new_pool(shares.per_thread)).collect::<anyhow::Result<_>>()?,
         None => Vec::new(),
     };
     Ok((shared, ThreadPools { pools }))
